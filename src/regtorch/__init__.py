@@ -1,0 +1,35 @@
+"""regtorch: L1, L2, elastic-net, p-norm and group-lasso regularization for any PyTorch optimizer.
+
+Penalties (:class:`L1`, :class:`L2`, :class:`ElasticNet`, :class:`Lp`, :class:`GroupLasso`) act on
+lists of tensors; a :class:`Regularizer` binds them to a model's parameters and applies them in
+``loss``, ``grad`` or ``prox`` mode.
+"""
+
+from regtorch._elementwise import L1, L2, ElasticNet, Lp
+from regtorch._group import GroupLasso
+from regtorch._penalty import Penalty, Sum, list_penalties, penalty_from_config
+from regtorch._regularizer import AttachHandle, Regularizer, regularize
+from regtorch._selection import select_parameters
+from regtorch._stats import ParameterStats, Stats, sparsity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "L1",
+    "L2",
+    "AttachHandle",
+    "ElasticNet",
+    "GroupLasso",
+    "Lp",
+    "ParameterStats",
+    "Penalty",
+    "Regularizer",
+    "Stats",
+    "Sum",
+    "__version__",
+    "list_penalties",
+    "penalty_from_config",
+    "regularize",
+    "select_parameters",
+    "sparsity",
+]

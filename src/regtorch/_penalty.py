@@ -1,0 +1,380 @@
+"""The penalty protocol: small stateless objects with ``value``, ``grad`` and ``prox`` on tensor lists.
+
+A penalty ``R`` maps a list of tensors ``[w₁, …, w_k]`` to ``Σᵢ R(wᵢ)``. Every penalty offers
+
+* :meth:`Penalty.value` — ``R`` as a 0-dim tensor, differentiable (its backward writes the
+  (sub)gradient in one pass per tensor: no parameter-sized temporaries beyond the gradient);
+* :meth:`Penalty.grad` / :meth:`Penalty.add_grad_` — the (sub)gradient, 0 at kinks;
+* :meth:`Penalty.prox` — ``w ← argmin_x ½‖x − w‖² + t·R(x)``, in place;
+* :meth:`Penalty.get_config` / :func:`penalty_from_config` — a JSON round trip.
+
+Penalties add (``L1(a) + L2(b)``) and scale (``0.5 * L1(a)``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from regtorch._proximal import ProxPlan, apply_prox_plan
+from regtorch._reductions import group_by_device_and_dtype, result_dtype
+from regtorch._validation import Interval, check_real
+
+__all__ = ["Penalty", "Sum", "list_penalties", "penalty_from_config"]
+
+_REGISTRY: dict[str, type[Penalty]] = {}
+
+NON_NEGATIVE = Interval(low=0.0)
+
+
+def _as_list(tensors: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]
+    return list(tensors)
+
+
+def _default_foreach(tensors: Sequence[torch.Tensor]) -> bool:
+    """Multi-tensor kernels pay off on accelerators; on CPU a per-tensor loop is as fast."""
+    return bool(tensors) and all(t.device.type != "cpu" for t in tensors)
+
+
+class _PenaltyValue(torch.autograd.Function):
+    """``R(w₁, …, w_k)`` whose backward writes ``∂R`` directly (one pass per tensor)."""
+
+    @staticmethod
+    def forward(ctx: Any, penalty: Penalty, foreach: bool | None, *tensors: torch.Tensor):
+        ctx.penalty = penalty
+        ctx.foreach = foreach
+        ctx.save_for_backward(*tensors)
+        return penalty._value_no_grad(tensors)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        tensors = ctx.saved_tensors
+        grads = ctx.penalty.grad(tensors, foreach=ctx.foreach)
+        if grad_output.device.type != "cpu" or grad_output.item() != 1.0:
+            for g in grads:
+                g.mul_(grad_output.to(device=g.device, dtype=g.dtype))
+        return (None, None, *grads)
+
+
+class Penalty:
+    """Base class of every penalty. Subclasses implement the per-tensor reference methods.
+
+    Subclasses define ``_value_one`` (float64 0-dim tensor), ``_grad_one`` (a new tensor), and
+    either ``prox_plan`` (closed form from :mod:`regtorch._proximal`) or ``_prox_one_``. They may
+    override ``_add_grad_many_`` with a multi-tensor path that tests hold to the reference.
+    """
+
+    name: ClassVar[str] = "Penalty"
+    homogeneous: ClassVar[bool] = False
+    """Whether ``R(c·w) = c·R(w)`` for ``c >= 0`` (then an added L2 term keeps a closed-form prox)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY[cls.name] = cls
+
+    # ----------------------------------------------------------------- per-tensor reference
+    def _value_one(self, tensor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prox_one_(self, tensor: torch.Tensor, step: float) -> None:
+        plan = self.prox_plan()
+        if plan is None:
+            raise ValueError(self._no_prox_message())
+        apply_prox_plan([tensor], step, plan)
+
+    def _add_grad_many_(
+        self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float
+    ) -> None:
+        for w, g in zip(tensors, grads):
+            g.add_(self._grad_one(w), alpha=alpha)
+
+    def prox_plan(self) -> ProxPlan | None:
+        """Return the closed-form prox of this penalty as a :class:`ProxPlan`, if it has one."""
+        return None
+
+    def check_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Raise ``ValueError`` if this penalty cannot act on ``tensor`` (e.g. too few dims)."""
+
+    @property
+    def supports_prox(self) -> bool:
+        """Whether :meth:`prox` can be computed (a closed form or an exact per-element solve)."""
+        return self.prox_plan() is not None
+
+    def _no_prox_message(self) -> str:
+        return (
+            f"{self!r} has no closed-form proximal operator, so mode='prox' cannot apply it; "
+            "use mode='loss' or mode='grad'."
+        )
+
+    # ----------------------------------------------------------------- public API
+    def _value_no_grad(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not tensors:
+            return torch.zeros(())
+        device = tensors[0].device
+        with torch.no_grad():
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for w in tensors:
+                total = total + self._value_one(w).to(device)
+        return total.to(result_dtype(tensors))
+
+    def value(
+        self, tensors: torch.Tensor | Sequence[torch.Tensor], *, foreach: bool | None = None
+    ) -> torch.Tensor:
+        """Return ``R(w₁, …, w_k) = Σᵢ R(wᵢ)`` as a 0-dim tensor.
+
+        The value is accumulated in float64 and returned in float32 (float64 if any tensor is
+        float64), so bf16/fp16 parameters get an accurate penalty. It is differentiable when a
+        tensor requires grad and grad mode is on.
+
+        Args:
+            tensors: A tensor or a list of tensors.
+            foreach: Use multi-tensor kernels in the backward (default: on accelerators).
+        """
+        tensors = _as_list(tensors)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return _PenaltyValue.apply(self, foreach, *tensors)
+        return self._value_no_grad(tensors)
+
+    __call__ = value
+
+    def grad(
+        self, tensors: torch.Tensor | Sequence[torch.Tensor], *, foreach: bool | None = None
+    ) -> list[torch.Tensor]:
+        """Return the (sub)gradient ``∂R/∂wᵢ`` of each tensor (0 at non-differentiable points)."""
+        tensors = [t.detach() for t in _as_list(tensors)]
+        if foreach is None:
+            foreach = _default_foreach(tensors)
+        with torch.no_grad():
+            if not foreach:
+                return [self._grad_one(w) for w in tensors]
+            grads = [torch.zeros_like(w) for w in tensors]
+            self.add_grad_(tensors, grads, foreach=True)
+        return grads
+
+    def add_grad_(
+        self,
+        tensors: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        *,
+        alpha: float = 1.0,
+        foreach: bool | None = None,
+    ) -> None:
+        """Add ``alpha·∂R/∂wᵢ`` to ``grads[i]`` in place (what grad mode does to ``.grad``)."""
+        tensors = [t.detach() for t in _as_list(tensors)]
+        grads = list(grads)
+        if foreach is None:
+            foreach = _default_foreach(tensors)
+        with torch.no_grad():
+            if not foreach:
+                for w, g in zip(tensors, grads):
+                    g.add_(self._grad_one(w), alpha=alpha)
+                return
+            for indices in group_by_device_and_dtype(tensors).values():
+                self._add_grad_many_(
+                    [tensors[i] for i in indices], [grads[i] for i in indices], alpha
+                )
+
+    def prox(
+        self,
+        tensors: torch.Tensor | Sequence[torch.Tensor],
+        step: float,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        """Apply the proximal operator in place: ``wᵢ ← argmin_x ½‖x − wᵢ‖² + step·R(x)``.
+
+        Args:
+            tensors: The tensors to update in place.
+            step: The step ``t >= 0`` (in prox mode: the optimizer's current learning rate).
+            foreach: Use multi-tensor kernels (default: on accelerators).
+
+        Raises:
+            ValueError: If ``step`` is negative or not finite, or the penalty has no closed-form
+                prox.
+        """
+        step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
+        tensors = [t.detach() for t in _as_list(tensors)]
+        if foreach is None:
+            foreach = _default_foreach(tensors)
+        plan = self.prox_plan()
+        with torch.no_grad():
+            if plan is not None:
+                apply_prox_plan(tensors, step, plan, foreach=foreach)
+            else:
+                for w in tensors:
+                    self._prox_one_(w, step)
+
+    # ----------------------------------------------------------------- algebra and config
+    def scaled(self, factor: float) -> Penalty:
+        """Return this penalty with every strength multiplied by ``factor >= 0``."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """Return a JSON-serializable description; :func:`penalty_from_config` inverts it."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Penalty:
+        """Build a penalty from :meth:`get_config`'s output."""
+        return penalty_from_config(config)
+
+    def terms(self) -> list[Penalty]:
+        """Return the penalties this one adds up (itself for a single penalty)."""
+        return [self]
+
+    def __add__(self, other: object) -> Penalty:
+        if isinstance(other, numbers.Number) and other == 0:
+            return self  # lets sum([...]) work
+        if not isinstance(other, Penalty):
+            return NotImplemented
+        return Sum([*self.terms(), *other.terms()])
+
+    __radd__ = __add__
+
+    def __mul__(self, factor: object) -> Penalty:
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+            return NotImplemented
+        return self.scaled(check_real(type(self).__name__, "factor", factor, NON_NEGATIVE))
+
+    __rmul__ = __mul__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Penalty) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        config = self.get_config()
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "name")
+        return f"{config['name']}({args})"
+
+
+class Sum(Penalty):
+    """The sum of penalties ``R = Σⱼ Rⱼ`` (what ``+`` builds).
+
+    ``value`` and ``grad`` add the terms'. ``prox`` uses the closed form of the sum where one exists:
+    any mix of L1, L2, ElasticNet and at most one group structure (GroupLasso with one ``groups``
+    setting, or ``Lp(2, root=True)``), e.g. ``L1(a) + GroupLasso(b)`` is the sparse group lasso.
+    Other sums raise ``ValueError`` in prox mode.
+
+    Args:
+        terms: The penalties to add (nested sums are flattened).
+    """
+
+    name = "Sum"
+
+    def __init__(self, terms: Sequence[Penalty]) -> None:
+        flat: list[Penalty] = []
+        for term in terms:
+            if not isinstance(term, Penalty):
+                raise TypeError(
+                    f"The 'terms' argument of Sum must hold penalties; got {term!r} of type "
+                    f"{type(term).__name__}."
+                )
+            flat.extend(term.terms())
+        if not flat:
+            raise ValueError("The 'terms' argument of Sum must hold at least one penalty; got none.")
+        self._terms = flat
+
+    @property
+    def homogeneous(self) -> bool:  # type: ignore[override]
+        return all(t.homogeneous for t in self._terms)
+
+    def terms(self) -> list[Penalty]:
+        return list(self._terms)
+
+    def _value_one(self, tensor: torch.Tensor) -> torch.Tensor:
+        total = self._terms[0]._value_one(tensor)
+        for term in self._terms[1:]:
+            total = total + term._value_one(tensor)
+        return total
+
+    def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
+        grad = self._terms[0]._grad_one(tensor)
+        for term in self._terms[1:]:
+            grad.add_(term._grad_one(tensor))
+        return grad
+
+    def _add_grad_many_(
+        self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float
+    ) -> None:
+        for term in self._terms:
+            term._add_grad_many_(tensors, grads, alpha)
+
+    def prox_plan(self) -> ProxPlan | None:
+        plan: ProxPlan | None = ProxPlan()
+        for term in self._terms:
+            term_plan = term.prox_plan()
+            if term_plan is None or plan is None:
+                return None
+            plan = plan.merge(term_plan)
+        return plan
+
+    def _prox_one_(self, tensor: torch.Tensor, step: float) -> None:
+        if len(self._terms) == 1:
+            self._terms[0]._prox_one_(tensor, step)
+            return
+        raise ValueError(
+            f"The sum {self!r} has no closed-form proximal operator here (closed forms exist for "
+            "sums of L1, L2, ElasticNet and one GroupLasso grouping), so mode='prox' cannot apply "
+            "it; use mode='loss' or mode='grad'."
+        )
+
+    @property
+    def supports_prox(self) -> bool:
+        if len(self._terms) == 1:
+            return self._terms[0].supports_prox
+        return self.prox_plan() is not None
+
+    def check_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        for term in self._terms:
+            term.check_tensor(name, tensor)
+
+    def scaled(self, factor: float) -> Penalty:
+        return Sum([t.scaled(factor) for t in self._terms])
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": "Sum", "terms": [t.get_config() for t in self._terms]}
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(t) for t in self._terms)
+
+
+def penalty_from_config(config: dict[str, Any]) -> Penalty:
+    """Rebuild a penalty from :meth:`Penalty.get_config`'s output.
+
+    Raises:
+        ValueError: If ``config`` names no known penalty.
+    """
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(
+            f"The 'config' argument of penalty_from_config must be a dict with a 'name' key; "
+            f"got {config!r}."
+        )
+    name = config["name"]
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"The 'config' argument of penalty_from_config names an unknown penalty {name!r}; "
+            f"known: {', '.join(sorted(_REGISTRY))}."
+        )
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    if name == "Sum":
+        return Sum([penalty_from_config(c) for c in kwargs["terms"]])
+    return _REGISTRY[name](**kwargs)
+
+
+def list_penalties() -> list[str]:
+    """Return the names of the registered penalties (``Sum`` excluded), sorted."""
+    return sorted(n for n in _REGISTRY if n != "Sum")

@@ -1,0 +1,371 @@
+"""The Regularizer: penalties bound to a model's parameters, applied in loss, grad or prox mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from regtorch._penalty import Penalty, penalty_from_config
+from regtorch._selection import Selection, describe_selection, select_parameters
+from regtorch._stats import Stats, parameter_stats
+from regtorch._validation import Interval, check_choice, check_real
+
+__all__ = ["MODES", "AttachHandle", "Regularizer", "regularize"]
+
+MODES = ("loss", "grad", "prox")
+
+
+@dataclass
+class _Rule:
+    selection: Any
+    penalty: Penalty
+    names: list[str]
+    params: list[nn.Parameter]
+
+
+class AttachHandle:
+    """What :meth:`Regularizer.attach` returns: ``.remove()`` detaches the hooks (idempotent)."""
+
+    def __init__(self, regularizer: Regularizer, optimizer: torch.optim.Optimizer, hooks: list):
+        self.regularizer = regularizer
+        self.optimizer = optimizer
+        self._hooks = hooks
+
+    def remove(self) -> None:
+        """Remove every hook this attach registered."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self in self.regularizer._handles:
+            self.regularizer._handles.remove(self)
+
+    def __enter__(self) -> AttachHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _is_rule_list(penalty: Any) -> bool:
+    return isinstance(penalty, (list, tuple)) and all(
+        isinstance(r, (list, tuple)) and len(r) == 2 for r in penalty
+    )
+
+
+class Regularizer:
+    """Penalties bound to a model's parameters, applied in one of three modes.
+
+    * ``mode="loss"``: :meth:`penalty` is a differentiable 0-dim tensor to add to the loss;
+      minimizes ``L(w) + s·R(w)``.
+    * ``mode="grad"``: after :meth:`attach`, a step pre-hook adds ``s·∂R(w)`` to each selected
+      parameter's ``.grad`` before every ``optimizer.step()``; the updates equal loss mode's.
+    * ``mode="prox"``: after :meth:`attach`, a step post-hook applies ``w ← prox_{t·s·R}(w)`` to each
+      selected parameter the step updated (it has a ``.grad``), with ``t = lr × step_factor`` of its
+      parameter group at that step. With plain SGD this is proximal gradient descent (ISTA); with
+      Adam it is decoupled (AdamW-style) decay for L2 and exact zeros for L1.
+
+    Here ``s`` is :attr:`scale` times ``schedule(num_steps)`` (both 1 by default).
+
+    Args:
+        model: The model whose parameters are regularized (``torch.compile`` and DDP wrappers are
+            looked through).
+        penalty: A :class:`Penalty`, or per-layer rules: a list of ``(selection, penalty)`` pairs
+            (Keras' per-layer regularizers). A parameter claimed by two rules is an error.
+        params: The selection for a single penalty (default ``"weights"``: ndim >= 2 outside
+            normalization layers); see :func:`regtorch.select_parameters`. Not allowed with rules.
+        exclude: Parameters to leave out of every rule.
+        mode: ``"loss"``, ``"grad"`` or ``"prox"``.
+        step_factor: Multiplies the learning rate to give the prox step (prox mode).
+        schedule: Optional ``f(num_steps) -> factor`` multiplying the strength (warm-up).
+        foreach: Use multi-tensor kernels (default: on accelerators).
+
+    Raises:
+        ValueError: For an unknown mode, an empty selection, a parameter claimed twice, a penalty
+            that cannot act on a parameter, or ``mode="prox"`` with a penalty without a prox.
+        TypeError: For a penalty that is not a :class:`Penalty`, or complex/integer parameters.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> reg = Regularizer(model, L1(1e-3), mode="prox")
+        >>> handle = reg.attach(opt)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        penalty: Penalty | Sequence[tuple[Selection, Penalty]],
+        *,
+        params: Selection | None = None,
+        exclude: Selection | None = None,
+        mode: str = "loss",
+        step_factor: float = 1.0,
+        schedule: Callable[[int], float] | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"The 'model' argument of Regularizer must be an nn.Module; got {type(model).__name__}."
+            )
+        self.mode = check_choice("Regularizer", "mode", mode, MODES)
+        self.step_factor = check_real("Regularizer", "step_factor", step_factor, Interval(low=0.0))
+        if schedule is not None and not callable(schedule):
+            raise TypeError(
+                f"The 'schedule' argument of Regularizer must be a callable f(step) -> float or "
+                f"None; got {schedule!r}."
+            )
+        self.schedule = schedule
+        self.foreach = foreach
+        self._scale = 1.0
+        self.num_steps = 0
+        self._handles: list[AttachHandle] = []
+        self._rules = self._resolve(model, penalty, params, exclude)
+
+    # ----------------------------------------------------------------- construction
+    def _resolve(self, model, penalty, params, exclude) -> list[_Rule]:
+        if isinstance(penalty, Penalty):
+            rules_in = [("weights" if params is None else params, penalty)]
+        elif _is_rule_list(penalty) and penalty:
+            if params is not None:
+                raise ValueError(
+                    "The 'params' argument of Regularizer must be left out when 'penalty' is a "
+                    "list of (selection, penalty) rules: each rule has its own selection; got "
+                    f"params={describe_selection(params)}."
+                )
+            rules_in = list(penalty)
+        else:
+            raise TypeError(
+                "The 'penalty' argument of Regularizer must be a Penalty (e.g. regtorch.L1(1e-4)) "
+                f"or a non-empty list of (selection, penalty) pairs; got {penalty!r}."
+            )
+        rules: list[_Rule] = []
+        owner_of: dict[int, tuple[int, str]] = {}
+        for index, (selection, rule_penalty) in enumerate(rules_in):
+            if not isinstance(rule_penalty, Penalty):
+                raise TypeError(
+                    f"Rule {index} of the 'penalty' argument of Regularizer must pair a selection "
+                    f"with a Penalty; got {rule_penalty!r} of type {type(rule_penalty).__name__}."
+                )
+            if self.mode == "prox" and not rule_penalty.supports_prox:
+                raise ValueError(rule_penalty._no_prox_message())
+            chosen = select_parameters(model, selection, exclude=exclude)
+            for name, param in chosen:
+                if id(param) in owner_of:
+                    first, first_name = owner_of[id(param)]
+                    raise ValueError(
+                        f"Parameter {name!r} is claimed by two rules of Regularizer: rule {first} "
+                        f"({describe_selection(rules_in[first][0])}) and rule {index} "
+                        f"({describe_selection(selection)}). Each parameter may have one penalty; "
+                        "narrow a selection or use exclude=."
+                    )
+                owner_of[id(param)] = (index, name)
+                rule_penalty.check_tensor(name, param)
+            rules.append(
+                _Rule(selection, rule_penalty, [n for n, _ in chosen], [p for _, p in chosen])
+            )
+        return rules
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def penalties(self) -> list[Penalty]:
+        """The penalty of each rule (one for a single penalty)."""
+        return [r.penalty for r in self._rules]
+
+    @property
+    def scale(self) -> float:
+        """A factor >= 0 multiplying every strength; set it to schedule the strength by hand."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = check_real("Regularizer", "scale", value, Interval(low=0.0))
+
+    def factor(self) -> float:
+        """Return the current strength multiplier ``scale × schedule(num_steps)``."""
+        if self.schedule is None:
+            return self._scale
+        scheduled = check_real(
+            "Regularizer", "schedule(step)", self.schedule(self.num_steps), Interval(low=0.0)
+        )
+        return self._scale * scheduled
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Return the regularized ``(name, parameter)`` pairs, in rule order."""
+        return [(n, p) for r in self._rules for n, p in zip(r.names, r.params)]
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Return the regularized parameters."""
+        return [p for r in self._rules for p in r.params]
+
+    # ----------------------------------------------------------------- loss mode and values
+    def penalty(self) -> torch.Tensor:
+        """Return the total penalty ``s·Σ_rules R(w)`` as a 0-dim tensor.
+
+        In loss mode it is differentiable (add it to the loss); in grad and prox modes it is
+        detached, for logging.
+        """
+        factor = self.factor()
+        if self.mode == "loss":
+            values = [r.penalty.value(r.params, foreach=self.foreach) for r in self._rules]
+        else:
+            with torch.no_grad():
+                values = [r.penalty.value(r.params) for r in self._rules]
+        total = values[0]
+        for value in values[1:]:
+            total = total + value.to(total.device)
+        return total * factor if factor != 1.0 else total
+
+    def stats(self) -> Stats:
+        """Return per-parameter penalty, norms, exact zeros and zero groups, with totals."""
+        triples = [(n, p, r.penalty) for r in self._rules for n, p in zip(r.names, r.params)]
+        return parameter_stats(triples, factor=self.factor())
+
+    # ----------------------------------------------------------------- optimizer hooks
+    def attach(self, optimizer: torch.optim.Optimizer, *, partial: bool = False) -> AttachHandle:
+        """Hook this regularizer into ``optimizer``'s steps.
+
+        In grad mode a step pre-hook adds the (sub)gradient; in prox mode a step post-hook applies
+        the prox; in every mode a post-hook counts steps for ``schedule``.
+
+        Args:
+            optimizer: A ``torch.optim`` optimizer holding the regularized parameters.
+            partial: Allow an optimizer that holds only some of them (several optimizers).
+
+        Returns:
+            A handle whose ``.remove()`` detaches the hooks.
+
+        Raises:
+            TypeError: If ``optimizer`` is not a ``torch.optim.Optimizer``.
+            ValueError: For LBFGS in grad/prox mode, or an optimizer missing the parameters.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                "The 'optimizer' argument of Regularizer.attach must be a torch.optim.Optimizer; "
+                f"got {type(optimizer).__name__}."
+            )
+        if isinstance(optimizer, torch.optim.LBFGS) and self.mode != "loss":
+            raise ValueError(
+                f"LBFGS re-evaluates a closure inside step(), so mode={self.mode!r} cannot hook "
+                "it; use mode='loss' and add reg.penalty() to the loss inside the closure."
+            )
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [n for n, p in self.named_parameters() if id(p) not in held]
+        if len(missing) == len(self.parameters()) or (missing and not partial):
+            shown = ", ".join(repr(n) for n in missing[:5]) + (" …" if len(missing) > 5 else "")
+            raise ValueError(
+                "The 'optimizer' argument of Regularizer.attach must hold the regularized "
+                f"parameters; it lacks {len(missing)} of {len(self.parameters())}: {shown}. "
+                "Build the optimizer from model.parameters(), or pass partial=True when several "
+                "optimizers share the model."
+            )
+        hooks = []
+        if self.mode == "grad":
+            hooks.append(optimizer.register_step_pre_hook(self._grad_hook))
+        hooks.append(optimizer.register_step_post_hook(self._post_step_hook))
+        handle = AttachHandle(self, optimizer, hooks)
+        self._handles.append(handle)
+        return handle
+
+    def _selected_in(self, optimizer: torch.optim.Optimizer):
+        """Yield ``(group, rule, params)`` for the regularized parameters each group holds."""
+        rule_of = {id(p): r for r in self._rules for p in r.params}
+        for group in optimizer.param_groups:
+            by_rule: dict[int, tuple[_Rule, list[torch.Tensor]]] = {}
+            for p in group["params"]:
+                rule = rule_of.get(id(p))
+                if rule is not None and p.grad is not None:
+                    by_rule.setdefault(id(rule), (rule, []))[1].append(p)
+            for rule, params in by_rule.values():
+                yield group, rule, params
+
+    def _grad_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        factor = self.factor()
+        if factor == 0:
+            return
+        for _, rule, params in self._selected_in(optimizer):
+            grads = []
+            for p in params:
+                if p.grad.is_sparse:
+                    raise TypeError(
+                        "mode='grad' adds a dense (sub)gradient and cannot add it to the sparse "
+                        f"gradient of the parameter of shape {tuple(p.shape)}; use mode='prox' or "
+                        "'loss', or a dense gradient (e.g. nn.Embedding(sparse=False))."
+                    )
+                grads.append(p.grad)
+            rule.penalty.add_grad_(params, grads, alpha=factor, foreach=self.foreach)
+
+    def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.mode == "prox":
+            factor = self.factor()
+            if factor > 0:
+                for group, rule, params in self._selected_in(optimizer):
+                    lr = group["lr"]
+                    lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+                    rule.penalty.prox(params, lr * self.step_factor * factor, foreach=self.foreach)
+        if self._handles and optimizer is self._handles[0].optimizer:
+            self.num_steps += 1
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Return the mutable state: penalties' strengths (as configs), scale and step count."""
+        return {
+            "mode": self.mode,
+            "scale": self._scale,
+            "num_steps": self.num_steps,
+            "penalties": [r.penalty.get_config() for r in self._rules],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (strengths, scale, step count).
+
+        Raises:
+            ValueError: If the state belongs to a regularizer of another mode or rule count.
+        """
+        if not isinstance(state, dict) or "penalties" not in state:
+            raise ValueError(
+                "The 'state' argument of Regularizer.load_state_dict must be a dict from "
+                f"Regularizer.state_dict(); got {type(state).__name__}."
+            )
+        if state.get("mode") != self.mode or len(state["penalties"]) != len(self._rules):
+            raise ValueError(
+                "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
+                f"mode={state.get('mode')!r} and {len(state['penalties'])} rule(s); this one has "
+                f"mode={self.mode!r} and {len(self._rules)} rule(s)."
+            )
+        penalties = [penalty_from_config(c) for c in state["penalties"]]
+        for rule, penalty in zip(self._rules, penalties):
+            rule.penalty = penalty
+        self.scale = state.get("scale", 1.0)
+        self.num_steps = int(state.get("num_steps", 0))
+
+    def __repr__(self) -> str:
+        rules = ", ".join(
+            f"{describe_selection(r.selection)}: {r.penalty!r} ({len(r.params)} tensors)"
+            for r in self._rules
+        )
+        return f"Regularizer(mode={self.mode!r}, {rules})"
+
+
+def regularize(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    penalty: Penalty | Sequence[tuple[Selection, Penalty]],
+    *,
+    mode: str = "loss",
+    params: Selection | None = None,
+    **kwargs: Any,
+) -> Regularizer:
+    """Build a :class:`Regularizer` and attach it to ``optimizer`` in one line.
+
+    In loss mode, remember to add ``reg.penalty()`` to the loss.
+
+    Example:
+        >>> reg = regularize(model, optimizer, ElasticNet(l1=1e-5, l2=1e-4), mode="prox")
+    """
+    reg = Regularizer(model, penalty, params=params, mode=mode, **kwargs)
+    reg.attach(optimizer)
+    return reg

@@ -1,0 +1,200 @@
+"""Sparsity and norm statistics of parameters, as plain dataclasses (no printing, no plotting)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from regtorch._penalty import Penalty
+from regtorch._proximal import GroupSpec, group_norms
+from regtorch._reductions import sum_abs, sum_square
+from regtorch._selection import Selection, select_parameters
+
+__all__ = ["ParameterStats", "Stats", "parameter_stats", "sparsity"]
+
+
+@dataclass(frozen=True)
+class ParameterStats:
+    """Statistics of one parameter.
+
+    Attributes:
+        name: Qualified parameter name.
+        shape: The parameter's shape.
+        numel: Number of elements.
+        zeros: Number of entries exactly equal to 0.
+        zero_fraction: ``zeros / numel``.
+        l1_norm: ``Σ|w|``.
+        l2_norm: ``√Σw²``.
+        groups: Number of groups (rows = output neurons/filters, or the penalty's own groups).
+        zero_groups: Groups whose entries are all exactly 0 (dead neurons/filters).
+        group_spec: How groups were formed (``"rows"`` unless a GroupLasso term says otherwise).
+        penalty: This parameter's share of the penalty, or ``None`` without a penalty.
+        finite: Whether every entry is finite.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+    zero_fraction: float
+    l1_norm: float
+    l2_norm: float
+    groups: int
+    zero_groups: int
+    group_spec: str
+    penalty: float | None
+    finite: bool
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of a selection of parameters, with totals.
+
+    Attributes:
+        parameters: One :class:`ParameterStats` per parameter, in model order.
+        numel: Total number of elements.
+        zeros: Total exact zeros.
+        zero_fraction: ``zeros / numel``.
+        groups: Total groups.
+        zero_groups: Total all-zero groups.
+        l1_norm: ``Σ|w|`` over all parameters.
+        l2_norm: ``√Σw²`` over all parameters.
+        penalty: The total penalty, or ``None`` without a penalty.
+        nonfinite: Names of parameters holding NaN or inf.
+    """
+
+    parameters: list[ParameterStats] = field(default_factory=list)
+    numel: int = 0
+    zeros: int = 0
+    zero_fraction: float = 0.0
+    groups: int = 0
+    zero_groups: int = 0
+    l1_norm: float = 0.0
+    l2_norm: float = 0.0
+    penalty: float | None = None
+    nonfinite: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Return the statistics as a JSON-serializable dict."""
+        return asdict(self)
+
+    def format(self) -> str:
+        """Return a plain-text table, one line per parameter and a total line."""
+        header = f"{'parameter':<28} {'shape':<16} {'zeros':>9} {'zero%':>7} {'0-groups':>11} {'L1':>11} {'L2':>9}"
+        lines = [header, "-" * len(header)]
+        for p in self.parameters:
+            lines.append(
+                f"{p.name:<28.28} {'x'.join(map(str, p.shape)):<16} {p.zeros:>9} "
+                f"{100 * p.zero_fraction:>6.2f}% {f'{p.zero_groups}/{p.groups}':>11} "
+                f"{p.l1_norm:>11.4g} {p.l2_norm:>9.4g}"
+            )
+        lines.append("-" * len(header))
+        lines.append(
+            f"{'total':<28} {self.numel:<16} {self.zeros:>9} {100 * self.zero_fraction:>6.2f}% "
+            f"{f'{self.zero_groups}/{self.groups}':>11} {self.l1_norm:>11.4g} {self.l2_norm:>9.4g}"
+        )
+        if self.penalty is not None:
+            lines.append(f"penalty: {self.penalty:.6g}")
+        return "\n".join(lines)
+
+
+def _group_spec_of(penalty: Penalty | None) -> GroupSpec:
+    if penalty is not None:
+        for term in penalty.terms():
+            groups = getattr(term, "groups", None)
+            if groups is not None:
+                return groups
+    return "rows"
+
+
+def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float) -> ParameterStats:
+    w = param.detach()
+    spec = _group_spec_of(penalty)
+    if w.ndim == 0:
+        groups = zero_groups = int(w.numel())
+        zero_groups = int((w == 0).sum())
+    else:
+        norms = group_norms(w, spec)
+        groups = norms.numel()
+        zero_groups = int((norms == 0).sum())
+    value = None if penalty is None else factor * float(penalty.value([w]))
+    return ParameterStats(
+        name=name,
+        shape=tuple(w.shape),
+        numel=w.numel(),
+        zeros=int((w == 0).sum()),
+        zero_fraction=float((w == 0).sum()) / max(w.numel(), 1),
+        l1_norm=float(sum_abs(w)),
+        l2_norm=math.sqrt(float(sum_square(w))),
+        groups=groups,
+        zero_groups=zero_groups,
+        group_spec=str(spec),
+        penalty=value,
+        finite=bool(torch.isfinite(w).all()),
+    )
+
+
+def parameter_stats(
+    named: Sequence[tuple[str, torch.Tensor, Penalty | None]], factor: float = 1.0
+) -> Stats:
+    """Compute :class:`Stats` for ``(name, parameter, penalty or None)`` triples.
+
+    ``factor`` multiplies every penalty (a regularizer's schedule). Parameters holding NaN or inf
+    are listed in ``Stats.nonfinite`` and named in a ``RuntimeWarning``.
+    """
+    with torch.no_grad():
+        per = [_one(name, p, pen, factor) for name, p, pen in named]
+    numel = sum(p.numel for p in per)
+    zeros = sum(p.zeros for p in per)
+    has_penalty = any(p.penalty is not None for p in per)
+    nonfinite = [p.name for p in per if not p.finite]
+    if nonfinite:
+        warnings.warn(
+            "These parameters hold NaN or inf: " + ", ".join(nonfinite)
+            + ". Training has diverged; lower the learning rate or the penalty strength.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return Stats(
+        parameters=per,
+        numel=numel,
+        zeros=zeros,
+        zero_fraction=zeros / max(numel, 1),
+        groups=sum(p.groups for p in per),
+        zero_groups=sum(p.zero_groups for p in per),
+        l1_norm=sum(p.l1_norm for p in per),
+        l2_norm=math.sqrt(sum(p.l2_norm**2 for p in per)),
+        penalty=sum(p.penalty or 0.0 for p in per) if has_penalty else None,
+        nonfinite=nonfinite,
+    )
+
+
+def sparsity(
+    model: nn.Module, params: Selection = "weights", *, exclude: Selection | None = None
+) -> Stats:
+    """Return sparsity and norm statistics of a model's parameters, no regularizer needed.
+
+    Args:
+        model: The model.
+        params: Which parameters (default ``"weights"``: ndim >= 2 outside norm layers); see
+            :func:`regtorch.select_parameters`.
+        exclude: Parameters to leave out.
+
+    Returns:
+        :class:`Stats` with per-parameter exact-zero counts, zero rows (dead output neurons or
+        filters) and norms, and totals.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> with torch.no_grad():
+        ...     model.weight.zero_()
+        >>> sparsity(model).zero_fraction
+        1.0
+    """
+    chosen = select_parameters(model, params, exclude=exclude, owner="sparsity")
+    return parameter_stats([(name, p, None) for name, p in chosen])
