@@ -52,6 +52,9 @@ def _chunked(
     for start in range(0, n, CHUNK):
         piece = flat[start : start + CHUNK]
         out = buffer[: piece.numel()]
+        if piece.dtype != acc:  # bf16/fp16: widen into the buffer first, then work in place
+            out.copy_(piece)
+            piece = out
         elementwise(piece, out)
         partial.append(out.sum())
     if len(partial) == 1:
