@@ -514,7 +514,16 @@ def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
         allowed[(module, "scalar")] = scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
         allowed[(module, "_frombuffer")] = frombuffer
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(text, "latin1").
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """Stand-in for ``_codecs.encode`` that only performs the latin-1 encoding of bytes."""
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError(f"uses the codec {encoding!r}, which is not allowed")
+    return text.encode("latin-1")
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
