@@ -105,7 +105,8 @@ def open_url(url: str, timeout: float) -> BinaryIO:
         OSError: On other socket errors, including timeouts.
     """
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    return urllib.request.urlopen(request, timeout=timeout)
+    response: BinaryIO = urllib.request.urlopen(request, timeout=timeout)
+    return response
 
 
 def file_md5(path: str | os.PathLike[str]) -> str:
