@@ -80,7 +80,7 @@ def test_grad_matches_autograd(penalty: rt.Penalty) -> None:
     tensors = [t.requires_grad_() for t in _tensors(1)]
     _reference_value(penalty, tensors).backward()
     expected = [t.grad.clone() for t in tensors]
-    for got, want in zip(penalty.grad(tensors), expected):
+    for got, want in zip(penalty.grad(tensors), expected, strict=False):
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -92,19 +92,19 @@ def test_value_is_differentiable_and_passes_gradcheck(penalty: rt.Penalty) -> No
 
 @pytest.mark.parametrize("penalty", PENALTIES, ids=IDS)
 def test_foreach_matches_reference_path(penalty: rt.Penalty) -> None:
-    tensors = _tensors(3) + [torch.randn(4, 4, dtype=torch.float32)]
+    tensors = [*_tensors(3), torch.randn(4, 4, dtype=torch.float32)]
     grads_a = [torch.randn_like(t) for t in tensors]
     grads_b = [g.clone() for g in grads_a]
     penalty.add_grad_(tensors, grads_a, alpha=0.7, foreach=False)
     penalty.add_grad_(tensors, grads_b, alpha=0.7, foreach=True)
-    for a, b in zip(grads_a, grads_b):
+    for a, b in zip(grads_a, grads_b, strict=False):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     if penalty.supports_prox:
         ref = [t.clone() for t in tensors]
         fast = [t.clone() for t in tensors]
         penalty.prox(ref, 0.3, foreach=False)
         penalty.prox(fast, 0.3, foreach=True)
-        for a, b in zip(ref, fast):
+        for a, b in zip(ref, fast, strict=False):
             assert torch.equal(a, b)
 
 
@@ -136,8 +136,13 @@ def test_group_lasso_prox_block_soft_threshold() -> None:
 
 @pytest.mark.parametrize(
     ("groups", "zero_slices"),
-    [("rows", lambda w: w[1]), ("columns", lambda w: w[:, 1]), ("filters", lambda w: w[1]),
-     ("channels", lambda w: w[:, 1]), (2, lambda w: w[:, :, 1])],
+    [
+        ("rows", lambda w: w[1]),
+        ("columns", lambda w: w[:, 1]),
+        ("filters", lambda w: w[1]),
+        ("channels", lambda w: w[:, 1]),
+        (2, lambda w: w[:, :, 1]),
+    ],
 )
 def test_group_presets_zero_whole_groups(groups, zero_slices) -> None:
     w = torch.randn(3, 4, 5, 5, dtype=DT)
@@ -165,7 +170,7 @@ def _subgradient_residual(penalty: rt.Penalty, x: torch.Tensor, u: torch.Tensor)
             group += term.strength
     u = u - 2 * l2 * x - smooth  # the differentiable parts are single-valued
     residual = 0.0
-    for xg, ug in zip(x.reshape(x.shape[0], -1), u.reshape(u.shape[0], -1)):
+    for xg, ug in zip(x.reshape(x.shape[0], -1), u.reshape(u.shape[0], -1), strict=False):
         norm = xg.norm()
         if group and norm == 0:
             # u = l1·s + group·z with |s| <= 1 and ‖z‖ <= 1  <=>  ‖soft(u, l1)‖ <= group
@@ -182,8 +187,14 @@ def _subgradient_residual(penalty: rt.Penalty, x: torch.Tensor, u: torch.Tensor)
 
 
 PROX_PENALTIES = [
-    rt.L1(0.3), rt.L2(0.7), rt.ElasticNet(l1=0.2, l2=0.5), rt.Lp(1.5, 0.4), rt.Lp(3.0, 0.2),
-    rt.GroupLasso(0.6), rt.L1(0.1) + rt.GroupLasso(0.4), rt.GroupLasso(0.3) + rt.L2(0.2) + rt.L1(0.05),
+    rt.L1(0.3),
+    rt.L2(0.7),
+    rt.ElasticNet(l1=0.2, l2=0.5),
+    rt.Lp(1.5, 0.4),
+    rt.Lp(3.0, 0.2),
+    rt.GroupLasso(0.6),
+    rt.L1(0.1) + rt.GroupLasso(0.4),
+    rt.GroupLasso(0.3) + rt.L2(0.2) + rt.L1(0.05),
 ]
 
 
@@ -277,7 +288,7 @@ def test_sum_and_scaling_algebra() -> None:
     a, b = [t.clone() for t in tensors], [t.clone() for t in tensors]
     s.prox(a, 0.4)
     en.prox(b, 0.4)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert torch.allclose(x, y)
 
 
@@ -329,8 +340,16 @@ def test_value_accurate_on_a_large_float32_tensor() -> None:
         (lambda: rt.L1("big"), TypeError, r"'strength' argument of L1 .* got 'big' of type str"),
         (lambda: rt.ElasticNet(l1=-1), ValueError, r"'l1' argument of ElasticNet"),
         (lambda: rt.Lp(0.5, 0.1), ValueError, r"'p' argument of Lp must be a finite float >= 1; got 0.5"),
-        (lambda: rt.ElasticNet.from_sklearn(alpha=1, l1_ratio=1.5), ValueError, r"'l1_ratio' .* in \[0, 1\]; got 1.5"),
-        (lambda: rt.GroupLasso(0.1, groups="neurons"), ValueError, r"'groups' argument of GroupLasso must be one of"),
+        (
+            lambda: rt.ElasticNet.from_sklearn(alpha=1, l1_ratio=1.5),
+            ValueError,
+            r"'l1_ratio' .* in \[0, 1\]; got 1.5",
+        ),
+        (
+            lambda: rt.GroupLasso(0.1, groups="neurons"),
+            ValueError,
+            r"'groups' argument of GroupLasso must be one of",
+        ),
         (lambda: rt.GroupLasso(0.1, groups=1.5), TypeError, r"'groups' argument of GroupLasso"),
         (lambda: rt.penalty_from_config({"name": "L3"}), ValueError, r"unknown penalty 'L3'"),
         (lambda: rt.L1(0.1) * -2, ValueError, r"'factor' argument of L1"),

@@ -48,7 +48,9 @@ def _optimizer_cases():
         for impl in ("for-loop", "foreach", "fused"):
             if impl == "fused" and name not in fused_ok:
                 continue
-            extra = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
+            extra = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[
+                impl
+            ]
             cases.append(pytest.param(cls, {**kwargs, **extra}, id=f"{name}-{impl}"))
     return cases
 
@@ -70,7 +72,7 @@ def test_grad_mode_equals_loss_mode_for_every_optimizer(opt_cls, opt_kwargs) -> 
         opt_grad.zero_grad()
         _data_loss(model_grad, x, y).backward()
         opt_grad.step()
-    for a, b in zip(model_loss.parameters(), model_grad.parameters()):
+    for a, b in zip(model_loss.parameters(), model_grad.parameters(), strict=False):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
 
 
@@ -87,7 +89,7 @@ def test_from_weight_decay_equals_pytorch_weight_decay(opt_cls) -> None:
             opt.zero_grad()
             _data_loss(model, x, y).backward()
             opt.step()
-    for a, b in zip(ours.parameters(), theirs.parameters()):
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=False):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
@@ -109,7 +111,7 @@ def test_prox_mode_with_sgd_is_ista() -> None:
                 p.sub_(0.1 * p.grad)
                 if p.ndim >= 2 and not name.startswith("2."):
                     p.copy_(torch.sign(p) * (p.abs() - 0.1 * 0.05).clamp_min(0))
-    for a, b in zip(model.parameters(), reference.parameters()):
+    for a, b in zip(model.parameters(), reference.parameters(), strict=False):
         assert torch.allclose(a, b, rtol=0, atol=1e-14)
 
 
@@ -191,9 +193,16 @@ def test_per_layer_rules_and_conflicts() -> None:
     model = _model()
     reg = rt.Regularizer(model, [("0.weight", rt.L1(0.1)), ("3.*", rt.L2(0.2))])
     assert [n for n, _ in reg.named_parameters()] == ["0.weight", "3.weight", "3.bias"]
-    expected = 0.1 * model[0].weight.abs().sum() + 0.2 * (model[3].weight ** 2).sum() + 0.2 * (model[3].bias ** 2).sum()
+    expected = (
+        0.1 * model[0].weight.abs().sum()
+        + 0.2 * (model[3].weight ** 2).sum()
+        + 0.2 * (model[3].bias ** 2).sum()
+    )
     assert torch.allclose(reg.penalty(), expected)
-    with pytest.raises(ValueError, match=r"Parameter '0.weight' is claimed by two rules .* rule 0 \('\*.weight'\) and rule 1 \(Linear\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Parameter '0.weight' is claimed by two rules .* rule 0 \('\*.weight'\) and rule 1 \(Linear\)",
+    ):
         rt.Regularizer(model, [("*.weight", rt.L1(0.1)), (nn.Linear, rt.L2(0.1))])
     with pytest.raises(ValueError, match="'params' argument of Regularizer must be left out"):
         rt.Regularizer(model, [("*.weight", rt.L1(0.1))], params="all")
@@ -212,11 +221,11 @@ def test_attach_refuses_lbfgs_foreign_optimizer_and_loss_mode_counts_steps() -> 
     with pytest.raises(ValueError, match=r"must hold the regularized parameters; it lacks 2 of 2"):
         reg.attach(torch.optim.SGD(_model().parameters(), lr=0.1))
     partial_opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="lacks 1 of 2: '3.weight'"):
+    with pytest.raises(ValueError, match=r"lacks 1 of 2: '3.weight'"):
         reg.attach(partial_opt)
     handle = reg.attach(partial_opt, partial=True)
     handle.remove()
-    with pytest.raises(TypeError, match="must be a torch.optim.Optimizer; got list"):
+    with pytest.raises(TypeError, match=r"must be a torch.optim.Optimizer; got list"):
         reg.attach([])
     loss_reg = rt.Regularizer(model, rt.L1(0.1))
     loss_reg.attach(torch.optim.LBFGS(model.parameters()))  # loss mode works inside a closure
@@ -232,7 +241,7 @@ def test_handle_remove_stops_regularization() -> None:
         p.grad = torch.zeros_like(p)
     before = [p.detach().clone() for p in model.parameters()]
     opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=False))
 
 
 def test_sparse_gradients_refused_in_grad_mode() -> None:
@@ -307,14 +316,34 @@ def test_stats_name_nonfinite_parameters() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(penalty=rt.L1(0.1), mode="decay"), ValueError, r"'mode' argument of Regularizer must be one of 'loss', 'grad', 'prox'; got 'decay'"),
+        (
+            dict(penalty=rt.L1(0.1), mode="decay"),
+            ValueError,
+            r"'mode' argument of Regularizer must be one of 'loss', 'grad', 'prox'; got 'decay'",
+        ),
         (dict(penalty="l1"), TypeError, r"'penalty' argument of Regularizer must be a Penalty"),
-        (dict(penalty=rt.L1(0.1), params="conv*"), ValueError, r"must select at least one trainable parameter; got 'conv\*'.*include: '0.weight'"),
+        (
+            dict(penalty=rt.L1(0.1), params="conv*"),
+            ValueError,
+            r"must select at least one trainable parameter; got 'conv\*'.*include: '0.weight'",
+        ),
         (dict(penalty=rt.Lp(3, 0.1, root=True), mode="prox"), ValueError, r"use mode='loss' or mode='grad'"),
         (dict(penalty=rt.L1(0.1), step_factor=-1), ValueError, r"'step_factor' argument of Regularizer"),
-        (dict(penalty=rt.L1(0.1), params=3), TypeError, r"'params' argument of Regularizer must be 'weights', 'all'"),
-        (dict(penalty=rt.L1(0.1), params=torch.ones(2, requires_grad=True)), ValueError, r"not a trainable parameter of the model"),
-        (dict(penalty=rt.L1(0.1), schedule=5), TypeError, r"'schedule' argument of Regularizer must be a callable"),
+        (
+            dict(penalty=rt.L1(0.1), params=3),
+            TypeError,
+            r"'params' argument of Regularizer must be 'weights', 'all'",
+        ),
+        (
+            dict(penalty=rt.L1(0.1), params=torch.ones(2, requires_grad=True)),
+            ValueError,
+            r"not a trainable parameter of the model",
+        ),
+        (
+            dict(penalty=rt.L1(0.1), schedule=5),
+            TypeError,
+            r"'schedule' argument of Regularizer must be a callable",
+        ),
     ],
 )
 def test_regularizer_bad_input(kwargs, error, match) -> None:

@@ -39,7 +39,11 @@ def test_all_patterns_types_predicates_tensors_and_lists() -> None:
     assert _names(net, lambda name, p: p.ndim == 4) == ["conv.weight"]
     assert _names(net, [net.fc2.weight, "conv.*"]) == ["conv.weight", "conv.bias", "fc2.weight"]
     assert _names(net, "all", exclude=["*.bias", nn.BatchNorm2d]) == [
-        "conv.weight", "fc1.weight", "ln.weight", "fc2.weight", "emb.weight",
+        "conv.weight",
+        "fc1.weight",
+        "ln.weight",
+        "fc2.weight",
+        "emb.weight",
     ]
 
 
@@ -62,7 +66,7 @@ def test_selection_never_mutates_requires_grad() -> None:
 
 
 def test_bad_selection_kinds() -> None:
-    with pytest.raises(TypeError, match="accepts module types .* got the type int"):
+    with pytest.raises(TypeError, match=r"accepts module types .* got the type int"):
         rt.select_parameters(Net(), int)
     with pytest.raises(ValueError, match=r"got 'nothing\*' \(excluding '\*'\), which selects none"):
         rt.select_parameters(Net(), "nothing*", exclude="*")

@@ -75,9 +75,7 @@ def test_logistic_elastic_net_matches_sklearn_saga() -> None:
     y = data.target.astype(float)
     n = x.shape[0]
     c, ratio = 0.05, 0.6
-    reference = LogisticRegression(
-        C=c, l1_ratio=ratio, solver="saga", tol=1e-12, max_iter=200_000
-    ).fit(x, y)
+    reference = LogisticRegression(C=c, l1_ratio=ratio, solver="saga", tol=1e-12, max_iter=200_000).fit(x, y)
     # scikit-learn minimizes C·Σ logloss + ρ‖w‖₁ + ½(1 − ρ)‖w‖²; divide by C·n for a mean loss
     penalty = rt.ElasticNet(l1=ratio / (c * n), l2=(1 - ratio) / (2 * c * n))
     model = _fit_prox(

@@ -57,7 +57,7 @@ class L1(Penalty):
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.sign(tensor).mul_(self.strength)
 
-    def _add_grad_many_(self, tensors, grads, alpha):  # noqa: D102
+    def _add_grad_many_(self, tensors, grads, alpha):
         torch._foreach_add_(grads, torch._foreach_sign(tensors), alpha=alpha * self.strength)
 
     def prox_plan(self) -> ProxPlan:
@@ -107,7 +107,7 @@ class L2(Penalty):
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.mul(2.0 * self.strength)
 
-    def _add_grad_many_(self, tensors, grads, alpha):  # noqa: D102
+    def _add_grad_many_(self, tensors, grads, alpha):
         torch._foreach_add_(grads, tensors, alpha=alpha * 2.0 * self.strength)
 
     def prox_plan(self) -> ProxPlan:
@@ -151,9 +151,7 @@ class ElasticNet(Penalty):
         mean squared error.
         """
         alpha = check_real("ElasticNet.from_sklearn", "alpha", alpha, NON_NEGATIVE)
-        ratio = check_real(
-            "ElasticNet.from_sklearn", "l1_ratio", l1_ratio, Interval(low=0.0, high=1.0)
-        )
+        ratio = check_real("ElasticNet.from_sklearn", "l1_ratio", l1_ratio, Interval(low=0.0, high=1.0))
         return cls(l1=alpha * ratio, l2=alpha * (1.0 - ratio) / 2.0)
 
     def _value_one(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -162,7 +160,7 @@ class ElasticNet(Penalty):
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.sign(tensor).mul_(self.l1).add_(tensor, alpha=2.0 * self.l2)
 
-    def _add_grad_many_(self, tensors, grads, alpha):  # noqa: D102
+    def _add_grad_many_(self, tensors, grads, alpha):
         if self.l1:
             torch._foreach_add_(grads, torch._foreach_sign(tensors), alpha=alpha * self.l1)
         if self.l2:

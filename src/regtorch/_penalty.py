@@ -93,10 +93,8 @@ class Penalty:
             raise ValueError(self._no_prox_message())
         apply_prox_plan([tensor], step, plan)
 
-    def _add_grad_many_(
-        self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float
-    ) -> None:
-        for w, g in zip(tensors, grads):
+    def _add_grad_many_(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float) -> None:
+        for w, g in zip(tensors, grads, strict=False):
             g.add_(self._grad_one(w), alpha=alpha)
 
     def prox_plan(self) -> ProxPlan | None:
@@ -177,13 +175,11 @@ class Penalty:
             foreach = _default_foreach(tensors)
         with torch.no_grad():
             if not foreach:
-                for w, g in zip(tensors, grads):
+                for w, g in zip(tensors, grads, strict=False):
                     g.add_(self._grad_one(w), alpha=alpha)
                 return
             for indices in group_by_device_and_dtype(tensors).values():
-                self._add_grad_many_(
-                    [tensors[i] for i in indices], [grads[i] for i in indices], alpha
-                )
+                self._add_grad_many_([tensors[i] for i in indices], [grads[i] for i in indices], alpha)
 
     def prox(
         self,
@@ -307,9 +303,7 @@ class Sum(Penalty):
             grad.add_(term._grad_one(tensor))
         return grad
 
-    def _add_grad_many_(
-        self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float
-    ) -> None:
+    def _add_grad_many_(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float) -> None:
         for term in self._terms:
             term._add_grad_many_(tensors, grads, alpha)
 
@@ -360,8 +354,7 @@ def penalty_from_config(config: dict[str, Any]) -> Penalty:
     """
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(
-            f"The 'config' argument of penalty_from_config must be a dict with a 'name' key; "
-            f"got {config!r}."
+            f"The 'config' argument of penalty_from_config must be a dict with a 'name' key; got {config!r}."
         )
     name = config["name"]
     if name not in _REGISTRY:

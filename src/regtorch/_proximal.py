@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -33,7 +32,7 @@ __all__ = [
     "soft_threshold_",
 ]
 
-GroupSpec = Union[str, int]
+GroupSpec = str | int
 """``"rows"``, ``"columns"``, ``"filters"``, ``"channels"``, ``"tensor"`` or a dimension index."""
 
 _NAMED_DIMS = {"rows": 0, "filters": 0, "columns": 1, "channels": 1}
@@ -62,9 +61,7 @@ def group_norms(tensor: torch.Tensor, spec: GroupSpec) -> torch.Tensor:
     return torch.linalg.vector_norm(tensor, 2, dim=dims, keepdim=True)
 
 
-def soft_threshold_(
-    tensors: Sequence[torch.Tensor], threshold: float, *, foreach: bool = False
-) -> None:
+def soft_threshold_(tensors: Sequence[torch.Tensor], threshold: float, *, foreach: bool = False) -> None:
     """Soft-threshold in place: ``w ← sign(w)·max(|w| − threshold, 0)``.
 
     The multi-tensor path computes the same numbers as ``w − clamp(w, −τ, τ)``, which is exact in
@@ -95,9 +92,7 @@ def shrink_(tensors: Sequence[torch.Tensor], divisor: float, *, foreach: bool = 
         torch._foreach_div_([tensors[i] for i in indices], divisor)
 
 
-def block_soft_threshold_(
-    tensors: Sequence[torch.Tensor], threshold: float, spec: GroupSpec
-) -> None:
+def block_soft_threshold_(tensors: Sequence[torch.Tensor], threshold: float, spec: GroupSpec) -> None:
     """Block soft-threshold each group in place: ``w_g ← w_g·max(0, 1 − threshold/‖w_g‖₂)``.
 
     A group whose norm is at most ``threshold`` becomes exactly zero; a zero group stays zero.

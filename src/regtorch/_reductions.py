@@ -33,9 +33,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def result_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
     """Return the dtype of a penalty value over ``tensors``: float64 if any is float64, else float32."""
-    return (
-        torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    )
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _chunked(

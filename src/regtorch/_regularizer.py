@@ -155,7 +155,7 @@ class Regularizer:
             chosen = select_parameters(model, selection, exclude=exclude)
             for name, param in chosen:
                 if id(param) in owner_of:
-                    first, first_name = owner_of[id(param)]
+                    first, _first_name = owner_of[id(param)]
                     raise ValueError(
                         f"Parameter {name!r} is claimed by two rules of Regularizer: rule {first} "
                         f"({describe_selection(rules_in[first][0])}) and rule {index} "
@@ -164,9 +164,7 @@ class Regularizer:
                     )
                 owner_of[id(param)] = (index, name)
                 rule_penalty.check_tensor(name, param)
-            rules.append(
-                _Rule(selection, rule_penalty, [n for n, _ in chosen], [p for _, p in chosen])
-            )
+            rules.append(_Rule(selection, rule_penalty, [n for n, _ in chosen], [p for _, p in chosen]))
         return rules
 
     # ----------------------------------------------------------------- properties
@@ -195,7 +193,7 @@ class Regularizer:
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Return the regularized ``(name, parameter)`` pairs, in rule order."""
-        return [(n, p) for r in self._rules for n, p in zip(r.names, r.params)]
+        return [(n, p) for r in self._rules for n, p in zip(r.names, r.params, strict=False)]
 
     def parameters(self) -> list[nn.Parameter]:
         """Return the regularized parameters."""
@@ -221,7 +219,7 @@ class Regularizer:
 
     def stats(self) -> Stats:
         """Return per-parameter penalty, norms, exact zeros and zero groups, with totals."""
-        triples = [(n, p, r.penalty) for r in self._rules for n, p in zip(r.names, r.params)]
+        triples = [(n, p, r.penalty) for r in self._rules for n, p in zip(r.names, r.params, strict=False)]
         return parameter_stats(triples, factor=self.factor())
 
     # ----------------------------------------------------------------- optimizer hooks
@@ -337,15 +335,14 @@ class Regularizer:
                 f"mode={self.mode!r} and {len(self._rules)} rule(s)."
             )
         penalties = [penalty_from_config(c) for c in state["penalties"]]
-        for rule, penalty in zip(self._rules, penalties):
+        for rule, penalty in zip(self._rules, penalties, strict=False):
             rule.penalty = penalty
         self.scale = state.get("scale", 1.0)
         self.num_steps = int(state.get("num_steps", 0))
 
     def __repr__(self) -> str:
         rules = ", ".join(
-            f"{describe_selection(r.selection)}: {r.penalty!r} ({len(r.params)} tensors)"
-            for r in self._rules
+            f"{describe_selection(r.selection)}: {r.penalty!r} ({len(r.params)} tensors)" for r in self._rules
         )
         return f"Regularizer(mode={self.mode!r}, {rules})"
 

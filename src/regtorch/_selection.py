@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ __all__ = [
     "unwrap_model",
 ]
 
-Selection = Union[str, type, Callable[[str, torch.Tensor], bool], torch.Tensor, Sequence[Any]]
+Selection = str | type | Callable[[str, torch.Tensor], bool] | torch.Tensor | Sequence[Any]
 
 
 def _norm_layer_types() -> tuple[type, ...]:
@@ -135,9 +135,7 @@ def _matches(
     )
 
 
-def _check_explicit_tensors(
-    selection: Any, known: dict[int, str], owner: str, argument: str
-) -> None:
+def _check_explicit_tensors(selection: Any, known: dict[int, str], owner: str, argument: str) -> None:
     """Refuse explicit tensors that are not trainable parameters of the model."""
     items: Iterable[Any] = selection if isinstance(selection, (list, tuple)) else [selection]
     for item in items:
@@ -155,8 +153,7 @@ def _check_explicit_tensors(
 def _check_dtype(name: str, param: torch.Tensor, owner: str) -> None:
     if param.is_complex() or not param.is_floating_point():
         raise TypeError(
-            f"{owner} regularizes real floating-point parameters; parameter {name!r} has dtype "
-            f"{param.dtype}."
+            f"{owner} regularizes real floating-point parameters; parameter {name!r} has dtype {param.dtype}."
         )
 
 

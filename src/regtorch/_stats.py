@@ -85,7 +85,9 @@ class Stats:
 
     def format(self) -> str:
         """Return a plain-text table, one line per parameter and a total line."""
-        header = f"{'parameter':<28} {'shape':<16} {'zeros':>9} {'zero%':>7} {'0-groups':>11} {'L1':>11} {'L2':>9}"
+        header = (
+            f"{'parameter':<28} {'shape':<16} {'zeros':>9} {'zero%':>7} {'0-groups':>11} {'L1':>11} {'L2':>9}"
+        )
         lines = [header, "-" * len(header)]
         for p in self.parameters:
             lines.append(
@@ -139,9 +141,7 @@ def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float)
     )
 
 
-def parameter_stats(
-    named: Sequence[tuple[str, torch.Tensor, Penalty | None]], factor: float = 1.0
-) -> Stats:
+def parameter_stats(named: Sequence[tuple[str, torch.Tensor, Penalty | None]], factor: float = 1.0) -> Stats:
     """Compute :class:`Stats` for ``(name, parameter, penalty or None)`` triples.
 
     ``factor`` multiplies every penalty (a regularizer's schedule). Parameters holding NaN or inf
@@ -155,7 +155,8 @@ def parameter_stats(
     nonfinite = [p.name for p in per if not p.finite]
     if nonfinite:
         warnings.warn(
-            "These parameters hold NaN or inf: " + ", ".join(nonfinite)
+            "These parameters hold NaN or inf: "
+            + ", ".join(nonfinite)
             + ". Training has diverged; lower the learning rate or the penalty strength.",
             RuntimeWarning,
             stacklevel=3,
@@ -174,9 +175,7 @@ def parameter_stats(
     )
 
 
-def sparsity(
-    model: nn.Module, params: Selection = "weights", *, exclude: Selection | None = None
-) -> Stats:
+def sparsity(model: nn.Module, params: Selection = "weights", *, exclude: Selection | None = None) -> Stats:
     """Return sparsity and norm statistics of a model's parameters, no regularizer needed.
 
     Args:

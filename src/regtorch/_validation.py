@@ -48,9 +48,7 @@ class Interval:
         right = self.closed in ("both", "right")
         if self.low is not None and (value < self.low or (value == self.low and not left)):
             return False
-        return not (
-            self.high is not None and (value > self.high or (value == self.high and not right))
-        )
+        return not (self.high is not None and (value > self.high or (value == self.high and not right)))
 
 
 @dataclass(frozen=True)
@@ -102,9 +100,7 @@ def check_choice(owner: str, name: str, value: Any, options: Iterable[Any]) -> A
     """
     choice = Choice(tuple(options))
     if value not in choice.options:
-        raise ValueError(
-            f"The {name!r} argument of {owner} must be {choice.describe()}; got {value!r}."
-        )
+        raise ValueError(f"The {name!r} argument of {owner} must be {choice.describe()}; got {value!r}.")
     return value
 
 
