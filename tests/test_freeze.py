@@ -1,0 +1,119 @@
+"""Tests for freeze_zeros: masked fine-tuning keeps planted zeros exactly zero."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from regtorch._freeze import FrozenZeros, freeze_zeros
+
+
+def pruned_model() -> nn.Sequential:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].weight[:, :3] = 0
+        model[0].weight[5] = 0
+        model[3].weight.mul_(torch.rand(4, 16) > 0.5)
+    return model
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 5) -> None:
+    x, y = torch.randn(32, 8), torch.randn(32, 4)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def test_zeros_stay_exactly_zero_with_adam() -> None:
+    model = pruned_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    train(model, optimizer, 3)  # Adam moments are now non-zero everywhere
+    with torch.no_grad():  # prune again after some training, as in prune-and-retrain
+        model[0].weight[:, :3] = 0
+        model[3].weight[:, ::2] = 0
+    assert optimizer.state[model[0].weight]["exp_avg"][:, :3].abs().sum() > 0
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    frozen = freeze_zeros(model, optimizer)
+    assert set(frozen.masks) == {"0.weight", "3.weight"}
+    masks = {name: mask.clone() for name, mask in frozen.masks.items()}
+    assert masks["0.weight"][:, :3].all() and masks["3.weight"][:, ::2].all()
+    state = optimizer.state[model[0].weight]
+    assert state["exp_avg"][masks["0.weight"]].abs().sum() == 0  # stale momentum cleared
+    train(model, optimizer, 5)
+    for name, param in model.named_parameters():
+        if name in masks:
+            assert torch.all(param[masks[name]] == 0), name
+            assert torch.all(param[~masks[name]] != before[name][~masks[name]]), name
+            assert torch.all(optimizer.state[param]["exp_avg"][masks[name]] == 0), name
+        else:
+            assert not torch.equal(param, before[name]), name  # biases, LayerNorm train freely
+    assert frozen.frozen == sum(int(mask.sum()) for mask in masks.values())
+    assert frozen.frozen_fraction == pytest.approx(frozen.frozen / (8 * 16 + 16 * 4))
+    assert "active" in repr(frozen)
+
+
+def test_gradient_of_frozen_entries_is_zero() -> None:
+    model = pruned_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    frozen = freeze_zeros(model, optimizer, "0.weight")
+    model(torch.randn(4, 8)).sum().backward()
+    grad = model[0].weight.grad
+    assert torch.all(grad[frozen.masks["0.weight"]] == 0)
+    assert grad[~frozen.masks["0.weight"]].abs().sum() > 0
+
+
+def test_remove_stops_it() -> None:
+    model = pruned_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    frozen = freeze_zeros(model, optimizer)
+    mask = frozen.masks["0.weight"].clone()
+    train(model, optimizer, 2)
+    assert torch.all(model[0].weight[mask] == 0)
+    frozen.remove()
+    frozen.remove()  # idempotent
+    assert not frozen.active and "removed" in repr(frozen)
+    train(model, optimizer, 2)
+    moved = model[0].weight[mask] != 0
+    assert moved.float().mean() > 0.5  # (a dead ReLU unit can leave a few at zero)
+
+
+def test_context_manager_and_weight_decay() -> None:
+    model = pruned_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    with freeze_zeros(model, optimizer, params="all") as frozen:
+        assert isinstance(frozen, FrozenZeros)
+        mask = frozen.masks["3.weight"]
+        train(model, optimizer, 3)
+        assert torch.all(model[3].weight[mask] == 0)
+    assert not frozen.active
+
+
+def test_atol_freezes_and_zeroes_small_entries() -> None:
+    model = nn.Sequential(nn.Linear(4, 4))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[0, 0] = 1e-9
+        model[0].weight[1, 1] = -1e-9
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    frozen = freeze_zeros(model, optimizer, atol=1e-8)
+    assert int(frozen.masks["0.weight"].sum()) == 2
+    assert model[0].weight[0, 0] == 0 and model[0].weight[1, 1] == 0
+    assert frozen.frozen_fraction == pytest.approx(2 / 16)
+
+
+def test_bad_inputs() -> None:
+    model = pruned_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"'atol' argument of freeze_zeros must be a finite float"):
+        freeze_zeros(model, optimizer, atol=-1)
+    with pytest.raises(TypeError, match=r"'model' argument of freeze_zeros must be an nn\.Module"):
+        freeze_zeros("model", optimizer)
+    with pytest.raises(TypeError, match="'optimizer' argument of freeze_zeros must be a torch"):
+        freeze_zeros(model, "adam")
+    with pytest.raises(ValueError, match="'params' argument of freeze_zeros must select"):
+        freeze_zeros(model, optimizer, "nothing.*")
+    other = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1)
+    with pytest.raises(ValueError, match="'optimizer' argument of freeze_zeros must update"):
+        freeze_zeros(model, other)
