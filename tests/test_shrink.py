@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import prune
 
 from regtorch._shrink import ShrinkReport, shrink, shrink_report
 
@@ -385,6 +386,23 @@ def test_unsupported_layer_and_shared_module_are_reported() -> None:
     skipped = shrink_report(model).skipped
     assert any("Softmax" in s and "not supported" in s for s in skipped)
     assert any("more than once" in s for s in skipped)
+
+
+def test_pruned_module_with_hooks_is_left_unchanged() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    mask = torch.ones(4, 3, dtype=torch.float64)
+    mask[1] = 0
+    prune.custom_from_mask(model[0], "weight", mask)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    expected = model(x)
+    assert any("forward hooks" in s for s in shrink_report(model).skipped)
+    with pytest.raises(RuntimeError, match="pass inplace=True"):
+        shrink(model)  # torch cannot deep-copy a pruned module after a forward pass
+    small = shrink(model, inplace=True)
+    assert small[0].weight_orig.shape == (4, 3)
+    torch.testing.assert_close(small(x), expected, atol=TOL, rtol=0)
+    prune.remove(model[0], "weight")
+    assert shrink(model)[0].out_features == 3
 
 
 def test_report_format_lists_skipped() -> None:

@@ -306,6 +306,7 @@ def shrink(
             not a tensor.
         ValueError: If ``atol`` is negative or not finite, or ``example_input`` is needed but
             missing, or the model cannot run it.
+        RuntimeError: If ``inplace=False`` and the model cannot be deep-copied.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -323,6 +324,12 @@ def shrink(
     atol = _check_args(model, atol, example_input, "shrink")
     target = unwrap_model(model)
     if not inplace:
-        target = copy.deepcopy(target)
+        try:
+            target = copy.deepcopy(target)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"shrink could not deep-copy the model ({error}); pass inplace=True to shrink the "
+                "model itself."
+            ) from error
     _apply(_analyze(target, atol, example_input, "shrink"))
     return model if inplace else target

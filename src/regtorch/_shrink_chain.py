@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 __all__ = ["Step", "display_name", "extract_steps", "infer_shapes"]
@@ -110,6 +111,14 @@ def _classify_module(name: str, module: nn.Module) -> Step | None:
         return _barrier(name, label, module, "parametrized modules are not shrunk; left unchanged")
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
         return _barrier(name, label, module, "lazy module not initialized yet; left unchanged")
+    if (module._forward_hooks or module._forward_pre_hooks) and any(
+        isinstance(module, t) for t in (nn.Linear, *_CONV_TYPES, *_BN_TYPES)
+    ):
+        return _barrier(
+            name, label, module,
+            "has forward hooks (torch.nn.utils.prune or spectral_norm, for example), which may "
+            "recompute its weights; left unchanged (make them permanent first, e.g. prune.remove)",
+        )  # fmt: skip
     if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
         return Step(LINEAR, name, label, module, module)
     for conv_type in _CONV_TYPES:
@@ -121,7 +130,7 @@ def _classify_module(name: str, module: nn.Module) -> Step | None:
                     "and outputs are kept",
                 )  # fmt: skip
             return Step(CONV, name, label, module, module, dims=len(module.kernel_size))
-    if isinstance(module, _BN_TYPES) and type(module).forward is type(module).__mro__[1].forward:
+    if isinstance(module, _BN_TYPES) and type(module).forward is _BatchNorm.forward:
         return Step(BATCHNORM, name, label, module, module)
     if type(module) in _ELEMENTWISE_MODULES:
         return Step(ELEMENTWISE, name, label, module, module)
