@@ -57,6 +57,9 @@ class L1(Penalty):
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.sign(tensor).mul_(self.strength)
 
+    def _add_grad_one_(self, tensor, grad, alpha):
+        grad.add_(torch.sign(tensor), alpha=alpha * self.strength)
+
     def _add_grad_many_(self, tensors, grads, alpha):
         torch._foreach_add_(grads, torch._foreach_sign(tensors), alpha=alpha * self.strength)
 
@@ -106,6 +109,9 @@ class L2(Penalty):
 
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.mul(2.0 * self.strength)
+
+    def _add_grad_one_(self, tensor, grad, alpha):
+        grad.add_(tensor, alpha=alpha * 2.0 * self.strength)  # one kernel, no temporary
 
     def _add_grad_many_(self, tensors, grads, alpha):
         torch._foreach_add_(grads, tensors, alpha=alpha * 2.0 * self.strength)
@@ -159,6 +165,12 @@ class ElasticNet(Penalty):
 
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.sign(tensor).mul_(self.l1).add_(tensor, alpha=2.0 * self.l2)
+
+    def _add_grad_one_(self, tensor, grad, alpha):
+        if self.l1:
+            grad.add_(torch.sign(tensor), alpha=alpha * self.l1)
+        if self.l2:
+            grad.add_(tensor, alpha=alpha * 2.0 * self.l2)
 
     def _add_grad_many_(self, tensors, grads, alpha):
         if self.l1:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch.autograd.function import once_differentiable
 
+from regtorch._fused import fused_add_grad_, fused_new_grad, use_fused
 from regtorch._proximal import ProxPlan, apply_prox_plan
 from regtorch._reductions import group_by_device_and_dtype, result_dtype
 from regtorch._validation import Interval, check_real
@@ -46,9 +47,10 @@ class _PenaltyValue(torch.autograd.Function):
     """``R(w₁, …, w_k)`` whose backward writes ``∂R`` directly (one pass per tensor)."""
 
     @staticmethod
-    def forward(ctx: Any, penalty: Penalty, foreach: bool | None, *tensors: torch.Tensor):
+    def forward(ctx: Any, penalty: Penalty, foreach: bool | None, fused: bool | None, *tensors: torch.Tensor):
         ctx.penalty = penalty
         ctx.foreach = foreach
+        ctx.fused = fused
         ctx.save_for_backward(*tensors)
         return penalty._value_no_grad(tensors)
 
@@ -56,11 +58,14 @@ class _PenaltyValue(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor):
         tensors = ctx.saved_tensors
-        grads = ctx.penalty.grad(tensors, foreach=ctx.foreach)
-        if grad_output.device.type != "cpu" or grad_output.item() != 1.0:
+        scale = 1.0
+        if grad_output.device.type == "cpu":
+            scale, grad_output = float(grad_output), None
+        grads = ctx.penalty.grad(tensors, foreach=ctx.foreach, fused=ctx.fused, scale=scale)
+        if grad_output is not None:  # on an accelerator: no host sync, scale on the device
             for g in grads:
                 g.mul_(grad_output.to(device=g.device, dtype=g.dtype))
-        return (None, None, *grads)
+        return (None, None, None, *grads)
 
 
 class Penalty:
@@ -127,37 +132,64 @@ class Penalty:
         return total.to(result_dtype(tensors))
 
     def value(
-        self, tensors: torch.Tensor | Sequence[torch.Tensor], *, foreach: bool | None = None
+        self,
+        tensors: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> torch.Tensor:
         """Return ``R(w₁, …, w_k) = Σᵢ R(wᵢ)`` as a 0-dim tensor.
 
         The value is accumulated in float64 and returned in float32 (float64 if any tensor is
         float64), so bf16/fp16 parameters get an accurate penalty. It is differentiable when a
-        tensor requires grad and grad mode is on.
+        tensor requires grad and grad mode is on; the backward writes each gradient in one pass.
 
         Args:
             tensors: A tensor or a list of tensors.
             foreach: Use multi-tensor kernels in the backward (default: on accelerators).
+            fused: Use compiled kernels in the backward (default: for large tensors, see
+                :mod:`regtorch._fused`).
         """
         tensors = _as_list(tensors)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _PenaltyValue.apply(self, foreach, *tensors)
+            return _PenaltyValue.apply(self, foreach, fused, *tensors)
         return self._value_no_grad(tensors)
 
     __call__ = value
 
+    def _elementwise_plan(self) -> ProxPlan | None:
+        """The plan if this penalty is element-wise (L1/L2 terms only): then fused kernels apply."""
+        plan = self.prox_plan()
+        return plan if plan is not None and not plan.group else None
+
     def grad(
-        self, tensors: torch.Tensor | Sequence[torch.Tensor], *, foreach: bool | None = None
+        self,
+        tensors: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        scale: float = 1.0,
     ) -> list[torch.Tensor]:
-        """Return the (sub)gradient ``∂R/∂wᵢ`` of each tensor (0 at non-differentiable points)."""
+        """Return ``scale·∂R/∂wᵢ`` for each tensor (0 at non-differentiable points)."""
         tensors = [t.detach() for t in _as_list(tensors)]
         if foreach is None:
             foreach = _default_foreach(tensors)
+        plan = self._elementwise_plan()
         with torch.no_grad():
+            if plan is not None and use_fused(tensors, fused):
+                grads = []
+                for w in tensors:
+                    g = fused_new_grad(w, scale * plan.l1, 2.0 * scale * plan.l2)
+                    grads.append(g if g is not None else self._grad_one(w).mul_(scale))
+                return grads
             if not foreach:
-                return [self._grad_one(w) for w in tensors]
+                grads = [self._grad_one(w) for w in tensors]
+                if scale != 1.0:
+                    for g in grads:
+                        g.mul_(scale)
+                return grads
             grads = [torch.zeros_like(w) for w in tensors]
-            self.add_grad_(tensors, grads, foreach=True)
+            self.add_grad_(tensors, grads, alpha=scale, foreach=True, fused=False)
         return grads
 
     def add_grad_(
@@ -167,19 +199,27 @@ class Penalty:
         *,
         alpha: float = 1.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         """Add ``alpha·∂R/∂wᵢ`` to ``grads[i]`` in place (what grad mode does to ``.grad``)."""
         tensors = [t.detach() for t in _as_list(tensors)]
         grads = list(grads)
         if foreach is None:
             foreach = _default_foreach(tensors)
+        plan = self._elementwise_plan()
         with torch.no_grad():
+            if plan is not None and use_fused(tensors, fused):
+                left = fused_add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
+                tensors, grads = [tensors[i] for i in left], [grads[i] for i in left]
             if not foreach:
-                for w, g in zip(tensors, grads, strict=False):
-                    g.add_(self._grad_one(w), alpha=alpha)
+                for w, g in zip(tensors, grads, strict=True):
+                    self._add_grad_one_(w, g, alpha)
                 return
             for indices in group_by_device_and_dtype(tensors).values():
                 self._add_grad_many_([tensors[i] for i in indices], [grads[i] for i in indices], alpha)
+
+    def _add_grad_one_(self, tensor: torch.Tensor, grad: torch.Tensor, alpha: float) -> None:
+        grad.add_(self._grad_one(tensor), alpha=alpha)
 
     def prox(
         self,
@@ -187,6 +227,7 @@ class Penalty:
         step: float,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         """Apply the proximal operator in place: ``wᵢ ← argmin_x ½‖x − wᵢ‖² + step·R(x)``.
 
@@ -194,6 +235,7 @@ class Penalty:
             tensors: The tensors to update in place.
             step: The step ``t >= 0`` (in prox mode: the optimizer's current learning rate).
             foreach: Use multi-tensor kernels (default: on accelerators).
+            fused: Use compiled kernels for the element-wise part (default: for large tensors).
 
         Raises:
             ValueError: If ``step`` is negative or not finite, or the penalty has no closed-form
@@ -206,7 +248,8 @@ class Penalty:
         plan = self.prox_plan()
         with torch.no_grad():
             if plan is not None:
-                apply_prox_plan(tensors, step, plan, foreach=foreach)
+                fast = bool(plan.l1 or plan.l2) and use_fused(tensors, fused)
+                apply_prox_plan(tensors, step, plan, foreach=foreach, fused=fast)
             else:
                 for w in tensors:
                     self._prox_one_(w, step)
@@ -302,6 +345,10 @@ class Sum(Penalty):
         for term in self._terms[1:]:
             grad.add_(term._grad_one(tensor))
         return grad
+
+    def _add_grad_one_(self, tensor: torch.Tensor, grad: torch.Tensor, alpha: float) -> None:
+        for term in self._terms:
+            term._add_grad_one_(tensor, grad, alpha)
 
     def _add_grad_many_(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], alpha: float) -> None:
         for term in self._terms:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from regtorch._fused import fused_prox_
 from regtorch._reductions import group_by_device_and_dtype
 
 __all__ = [
@@ -70,8 +71,8 @@ def soft_threshold_(tensors: Sequence[torch.Tensor], threshold: float, *, foreac
     if threshold <= 0 or not tensors:
         return
     if not foreach:
-        for w in tensors:
-            w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
+        for w in tensors:  # softshrink written in place: one read and one write
+            torch.ops.aten.softshrink.out(w, threshold, out=w)
         return
     for indices in group_by_device_and_dtype(tensors).values():
         group = [tensors[i] for i in indices]
@@ -139,10 +140,30 @@ class ProxPlan:
 
 
 def apply_prox_plan(
-    tensors: Sequence[torch.Tensor], step: float, plan: ProxPlan, *, foreach: bool = False
+    tensors: Sequence[torch.Tensor],
+    step: float,
+    plan: ProxPlan,
+    *,
+    foreach: bool = False,
+    fused: bool = False,
 ) -> None:
-    """Apply ``prox_{step·R}`` in place for the penalty ``R`` described by ``plan``."""
+    """Apply ``prox_{step·R}`` in place for the penalty ``R`` described by ``plan``.
+
+    With ``fused=True`` the element-wise part runs as one compiled kernel per tensor
+    (:mod:`regtorch._fused`); tensors it cannot take fall back to the eager kernels.
+    """
     with torch.no_grad():
+        if fused and (plan.l1 or plan.l2):
+            divisor = 1.0 if plan.group else 1.0 + 2.0 * step * plan.l2
+            left = fused_prox_(tensors, step * plan.l1, divisor)
+            rest = [tensors[i] for i in left]
+            soft_threshold_(rest, step * plan.l1, foreach=foreach)
+            if plan.group and plan.group_spec is not None:
+                block_soft_threshold_(tensors, step * plan.group, plan.group_spec)
+                shrink_(tensors, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
+            else:
+                shrink_(rest, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
+            return
         soft_threshold_(tensors, step * plan.l1, foreach=foreach)
         if plan.group and plan.group_spec is not None:
             block_soft_threshold_(tensors, step * plan.group, plan.group_spec)

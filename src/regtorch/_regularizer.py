@@ -9,6 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from regtorch._metric_prox import (
+    PROX_METRICS,
+    adam_denominators,
+    check_metric_optimizer,
+    check_metric_penalty,
+    metric_prox_,
+)
 from regtorch._penalty import Penalty, penalty_from_config
 from regtorch._selection import Selection, describe_selection, select_parameters
 from regtorch._stats import Stats, parameter_stats
@@ -67,6 +74,10 @@ class Regularizer:
       selected parameter the step updated (it has a ``.grad``), with ``t = lr × step_factor`` of its
       parameter group at that step. With plain SGD this is proximal gradient descent (ISTA); with
       Adam it is decoupled (AdamW-style) decay for L2 and exact zeros for L1.
+      With ``prox_metric="adam"`` the prox is taken in Adam's diagonal metric instead: per
+      element, ``τ₁ᵢ = t·s·λ₁ / (√v̂ᵢ + ε)`` and ``wᵢ ← soft(wᵢ, τ₁ᵢ) / (1 + 2·t·s·λ₂ / (√v̂ᵢ + ε))``
+      with ``v̂ = exp_avg_sq / (1 − β₂^step)`` read from the optimizer (Adam, AdamW, NAdam, RAdam);
+      see :mod:`regtorch._metric_prox`.
 
     Here ``s`` is :attr:`scale` times ``schedule(num_steps)`` (both 1 by default).
 
@@ -82,10 +93,17 @@ class Regularizer:
         step_factor: Multiplies the learning rate to give the prox step (prox mode).
         schedule: Optional ``f(num_steps) -> factor`` multiplying the strength (warm-up).
         foreach: Use multi-tensor kernels (default: on accelerators).
+        fused: Use compiled one-pass kernels for the element-wise work. ``None`` (default) picks
+            them for 4M+ regularized elements where a compiler is available; ``True`` forces
+            them; where compilation fails regtorch warns once and runs eagerly.
+        prox_metric: ``"euclidean"`` (default: ``prox_{t·s·R}``) or ``"adam"`` (the prox in the
+            optimizer's diagonal metric ``diag(√v̂ + ε)``; prox mode, element-wise penalties and
+            Adam-family optimizers only).
 
     Raises:
         ValueError: For an unknown mode, an empty selection, a parameter claimed twice, a penalty
-            that cannot act on a parameter, or ``mode="prox"`` with a penalty without a prox.
+            that cannot act on a parameter, ``mode="prox"`` with a penalty without a prox, or
+            ``prox_metric="adam"`` outside prox mode or with a group penalty.
         TypeError: For a penalty that is not a :class:`Penalty`, or complex/integer parameters.
 
     Example:
@@ -106,12 +124,20 @@ class Regularizer:
         step_factor: float = 1.0,
         schedule: Callable[[int], float] | None = None,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        prox_metric: str = "euclidean",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"The 'model' argument of Regularizer must be an nn.Module; got {type(model).__name__}."
             )
         self.mode = check_choice("Regularizer", "mode", mode, MODES)
+        self.prox_metric = check_choice("Regularizer", "prox_metric", prox_metric, PROX_METRICS)
+        if self.prox_metric != "euclidean" and self.mode != "prox":
+            raise ValueError(
+                f"The 'prox_metric' argument of Regularizer applies to mode='prox' only; got "
+                f"prox_metric={prox_metric!r} with mode={mode!r}."
+            )
         self.step_factor = check_real("Regularizer", "step_factor", step_factor, Interval(low=0.0))
         if schedule is not None and not callable(schedule):
             raise TypeError(
@@ -120,6 +146,11 @@ class Regularizer:
             )
         self.schedule = schedule
         self.foreach = foreach
+        if fused not in (None, True, False):
+            raise TypeError(
+                f"The 'fused' argument of Regularizer must be None, True or False; got {fused!r}."
+            )
+        self.fused = fused
         self._scale = 1.0
         self.num_steps = 0
         self._handles: list[AttachHandle] = []
@@ -152,6 +183,8 @@ class Regularizer:
                 )
             if self.mode == "prox" and not rule_penalty.supports_prox:
                 raise ValueError(rule_penalty._no_prox_message())
+            if self.prox_metric == "adam":
+                check_metric_penalty(rule_penalty)
             chosen = select_parameters(model, selection, exclude=exclude)
             for name, param in chosen:
                 if id(param) in owner_of:
@@ -208,7 +241,7 @@ class Regularizer:
         """
         factor = self.factor()
         if self.mode == "loss":
-            values = [r.penalty.value(r.params, foreach=self.foreach) for r in self._rules]
+            values = [r.penalty.value(r.params, foreach=self.foreach, fused=self.fused) for r in self._rules]
         else:
             with torch.no_grad():
                 values = [r.penalty.value(r.params) for r in self._rules]
@@ -238,7 +271,8 @@ class Regularizer:
 
         Raises:
             TypeError: If ``optimizer`` is not a ``torch.optim.Optimizer``.
-            ValueError: For LBFGS in grad/prox mode, or an optimizer missing the parameters.
+            ValueError: For LBFGS in grad/prox mode, an optimizer missing the parameters, or
+                ``prox_metric="adam"`` with an optimizer that keeps no ``exp_avg_sq``.
         """
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -250,6 +284,8 @@ class Regularizer:
                 f"LBFGS re-evaluates a closure inside step(), so mode={self.mode!r} cannot hook "
                 "it; use mode='loss' and add reg.penalty() to the loss inside the closure."
             )
+        if self.prox_metric == "adam":
+            check_metric_optimizer(optimizer)
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in self.named_parameters() if id(p) not in held]
         if len(missing) == len(self.parameters()) or (missing and not partial):
@@ -294,7 +330,7 @@ class Regularizer:
                         "'loss', or a dense gradient (e.g. nn.Embedding(sparse=False))."
                     )
                 grads.append(p.grad)
-            rule.penalty.add_grad_(params, grads, alpha=factor, foreach=self.foreach)
+            rule.penalty.add_grad_(params, grads, alpha=factor, foreach=self.foreach, fused=self.fused)
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.mode == "prox":
@@ -303,15 +339,27 @@ class Regularizer:
                 for group, rule, params in self._selected_in(optimizer):
                     lr = group["lr"]
                     lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-                    rule.penalty.prox(params, lr * self.step_factor * factor, foreach=self.foreach)
+                    step = lr * self.step_factor * factor
+                    if self.prox_metric == "adam":
+                        denominators = adam_denominators(optimizer, group, params)
+                        plan = check_metric_penalty(rule.penalty)
+                        foreach = self.foreach if self.foreach is not None else params[0].is_cuda
+                        metric_prox_(params, denominators, step, plan, foreach=foreach)
+                    else:
+                        rule.penalty.prox(params, step, foreach=self.foreach, fused=self.fused)
         if self._handles and optimizer is self._handles[0].optimizer:
             self.num_steps += 1
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Return the mutable state: penalties' strengths (as configs), scale and step count."""
+        """Return the mutable state: penalties' strengths (as configs), scale and step count.
+
+        ``mode`` and ``prox_metric`` are recorded as configuration, so that a state is not loaded
+        into a regularizer configured otherwise.
+        """
         return {
             "mode": self.mode,
+            "prox_metric": self.prox_metric,
             "scale": self._scale,
             "num_steps": self.num_steps,
             "penalties": [r.penalty.get_config() for r in self._rules],
@@ -321,7 +369,8 @@ class Regularizer:
         """Restore :meth:`state_dict`'s output (strengths, scale, step count).
 
         Raises:
-            ValueError: If the state belongs to a regularizer of another mode or rule count.
+            ValueError: If the state belongs to a regularizer of another mode, prox metric or rule
+                count (a state without ``prox_metric`` counts as ``"euclidean"``).
         """
         if not isinstance(state, dict) or "penalties" not in state:
             raise ValueError(
@@ -334,6 +383,12 @@ class Regularizer:
                 f"mode={state.get('mode')!r} and {len(state['penalties'])} rule(s); this one has "
                 f"mode={self.mode!r} and {len(self._rules)} rule(s)."
             )
+        if state.get("prox_metric", "euclidean") != self.prox_metric:
+            raise ValueError(
+                "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
+                f"prox_metric={state.get('prox_metric', 'euclidean')!r}; this one has "
+                f"prox_metric={self.prox_metric!r}."
+            )
         penalties = [penalty_from_config(c) for c in state["penalties"]]
         for rule, penalty in zip(self._rules, penalties, strict=False):
             rule.penalty = penalty
@@ -344,7 +399,8 @@ class Regularizer:
         rules = ", ".join(
             f"{describe_selection(r.selection)}: {r.penalty!r} ({len(r.params)} tensors)" for r in self._rules
         )
-        return f"Regularizer(mode={self.mode!r}, {rules})"
+        metric = "" if self.prox_metric == "euclidean" else f", prox_metric={self.prox_metric!r}"
+        return f"Regularizer(mode={self.mode!r}{metric}, {rules})"
 
 
 def regularize(

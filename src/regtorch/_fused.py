@@ -1,0 +1,150 @@
+"""Fused element-wise kernels compiled with ``torch.compile``: one memory pass per tensor.
+
+The element-wise part of every closed-form penalty is described by two numbers (see
+:class:`regtorch._proximal.ProxPlan`): ``λ₁`` of an L1 term and ``λ₂`` of a squared-L2 term. Three
+kernels cover all of it:
+
+* ``add_grad``:  ``g ← g + a₁·sign(w) + a₂·w``          (grad mode; ``a₁ = αλ₁``, ``a₂ = 2αλ₂``)
+* ``new_grad``:  ``return a₁·sign(w) + a₂·w``            (loss mode's backward)
+* ``prox``:      ``w ← sign(w)·max(|w| − τ, 0) / c``     (prox mode; ``τ = tλ₁``, ``c = 1 + 2tλ₂``)
+
+Each is compiled once per device and dtype on 1-D views with dynamic shapes, and the scalars are
+passed as 0-dim tensors, so changing strengths or learning rates never recompiles. Compilation
+needs a C++ compiler on CPU and Triton on CUDA; where it fails, regtorch warns once and falls back to
+the eager kernels for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "FUSED_MIN_NUMEL",
+    "FUSED_MIN_TENSOR",
+    "fused_add_grad_",
+    "fused_available",
+    "fused_new_grad",
+    "fused_prox_",
+    "use_fused",
+]
+
+FUSED_MIN_NUMEL = 1 << 22
+"""With ``fused=None``, compiled kernels are used when the tensors hold at least this many elements."""
+
+FUSED_MIN_TENSOR = 1 << 14
+"""Tensors smaller than this always take the eager path (a kernel launch costs more than it saves)."""
+
+_broken = False
+
+
+def _add_grad(w: torch.Tensor, g: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> None:
+    g.add_(torch.sign(w) * a1 + w * a2)
+
+
+def _new_grad(w: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    return torch.sign(w) * a1 + w * a2
+
+
+def _prox(w: torch.Tensor, tau: torch.Tensor, c: torch.Tensor) -> None:
+    w.copy_(torch.sign(w) * torch.clamp(w.abs() - tau, min=0) / c)
+
+
+@functools.cache
+def _compiled(name: str) -> Callable:
+    function = {"add_grad": _add_grad, "new_grad": _new_grad, "prox": _prox}[name]
+    return torch.compile(function, dynamic=True, fullgraph=True)
+
+
+@functools.cache
+def fused_available(device_type: str) -> bool:
+    """Return whether compiled kernels can be built for ``device_type`` here."""
+    if _broken:
+        return False
+    if device_type == "cpu":
+        return any(shutil.which(cc) for cc in ("g++", "c++", "clang++", "gcc", "cc"))
+    if device_type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+def use_fused(tensors: Sequence[torch.Tensor], fused: bool | None) -> bool:
+    """Decide whether the compiled path runs: forced by ``fused=True``, else by size and device."""
+    if fused is False or not tensors or _broken:
+        return False
+    if fused is None:
+        total = sum(t.numel() for t in tensors)
+        if total < FUSED_MIN_NUMEL:
+            return False
+    return all(fused_available(t.device.type) for t in tensors)
+
+
+def _eligible(tensor: torch.Tensor) -> bool:
+    return tensor.numel() >= FUSED_MIN_TENSOR and tensor.is_contiguous()
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(value, dtype=dtype, device=like.device)
+
+
+def _run(name: str, *args: torch.Tensor) -> torch.Tensor | bool | None:
+    """Run a compiled kernel; on a compilation failure warn once and report ``False``."""
+    global _broken
+    try:
+        return _compiled(name)(*args)
+    except Exception as error:  # compilation can fail in many ways (no compiler, no Triton, ...)
+        _broken = True
+        fused_available.cache_clear()
+        warnings.warn(
+            f"regtorch could not compile its fused kernels ({type(error).__name__}: {error}); "
+            "falling back to eager kernels for this process.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+
+
+def fused_add_grad_(
+    tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], a1: float, a2: float
+) -> list[int]:
+    """``gᵢ += a₁·sign(wᵢ) + a₂·wᵢ`` for eligible tensors; return the indices left to the caller."""
+    left = []
+    for i, (w, g) in enumerate(zip(tensors, grads, strict=True)):
+        eligible = _eligible(w) and g.is_contiguous() and g.dtype == w.dtype
+        done = eligible and not _broken
+        if done:
+            done = _run("add_grad", w.view(-1), g.view(-1), _scalar(a1, w), _scalar(a2, w)) is not False
+        if not done:
+            left.append(i)
+    return left
+
+
+def fused_new_grad(tensor: torch.Tensor, a1: float, a2: float) -> torch.Tensor | None:
+    """Return ``a₁·sign(w) + a₂·w`` as a new tensor, or ``None`` if the tensor is not eligible."""
+    if _broken or not _eligible(tensor):
+        return None
+    out = _run("new_grad", tensor.view(-1), _scalar(a1, tensor), _scalar(a2, tensor))
+    if out is False or out is None:
+        return None
+    return out.view_as(tensor)
+
+
+def fused_prox_(tensors: Sequence[torch.Tensor], tau: float, c: float) -> list[int]:
+    """``wᵢ ← sign(wᵢ)·max(|wᵢ| − τ, 0)/c`` for eligible tensors; return the indices left."""
+    left = []
+    for i, w in enumerate(tensors):
+        done = _eligible(w) and not _broken
+        if done:
+            done = _run("prox", w.view(-1), _scalar(tau, w), _scalar(c, w)) is not False
+        if not done:
+            left.append(i)
+    return left

@@ -1,0 +1,125 @@
+"""The compiled one-pass kernels equal the eager per-tensor path, never recompile, and fall back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import regtorch as rt
+from regtorch import _fused
+
+pytestmark = pytest.mark.skipif(
+    not _fused.fused_available("cpu"), reason="no C++ compiler for torch.compile on this machine"
+)
+
+N = 3 * _fused.FUSED_MIN_TENSOR + 7  # large enough for the fused path, odd-sized
+
+
+def _tensors(dtype):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(N, generator=g).to(dtype), torch.randn(40, N // 40, generator=g).to(dtype)]
+
+
+ELEMENTWISE = [rt.L1(0.3), rt.L2(0.2), rt.ElasticNet(l1=0.1, l2=0.4), rt.L1(0.1) + rt.L2(0.05)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("penalty", ELEMENTWISE, ids=repr)
+def test_fused_paths_equal_eager_paths(penalty, dtype) -> None:
+    tensors = _tensors(dtype)
+    tol = {"rtol": 2e-2, "atol": 3e-2} if dtype == torch.bfloat16 else {"rtol": 1e-6, "atol": 1e-7}
+    grads_eager = [torch.randn_like(t) for t in tensors]
+    grads_fused = [g.clone() for g in grads_eager]
+    penalty.add_grad_(tensors, grads_eager, alpha=0.7, fused=False)
+    penalty.add_grad_(tensors, grads_fused, alpha=0.7, fused=True)
+    for a, b in zip(grads_eager, grads_fused, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(
+        penalty.grad(tensors, fused=False, scale=1.5),
+        penalty.grad(tensors, fused=True, scale=1.5),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, **tol)
+    eager, fused = [t.clone() for t in tensors], [t.clone() for t in tensors]
+    penalty.prox(eager, 0.37, fused=False)
+    penalty.prox(fused, 0.37, fused=True)
+    for a, b in zip(eager, fused, strict=True):
+        torch.testing.assert_close(
+            a, b, rtol=0, atol=0
+        ) if dtype != torch.bfloat16 else torch.testing.assert_close(a, b, **tol)
+
+
+def test_fused_prox_with_a_group_term_equals_eager() -> None:
+    penalty = rt.L1(0.05) + rt.GroupLasso(0.3) + rt.L2(0.1)
+    eager = [torch.randn(64, N // 64)]
+    fused = [eager[0].clone()]
+    penalty.prox(eager, 0.5, fused=False)
+    penalty.prox(fused, 0.5, fused=True)
+    torch.testing.assert_close(eager[0], fused[0], rtol=1e-6, atol=1e-7)
+    assert torch.equal(eager[0] == 0, fused[0] == 0)
+
+
+def test_changing_strength_lr_and_size_never_recompiles() -> None:
+    from torch._dynamo.utils import counters
+
+    penalty = rt.ElasticNet(l1=0.1, l2=0.1)
+    w = torch.randn(N)
+    penalty.prox([w], 0.1, fused=True)  # warm up: compile once for this dtype
+    penalty.add_grad_([w], [torch.zeros_like(w)], fused=True)
+    before = dict(counters["stats"])
+    for step, size in ((0.2, N + 100), (0.05, 2 * N), (1.0, N + 3)):
+        penalty.l1, penalty.l2 = step, step / 2
+        v = torch.randn(size)
+        penalty.prox([v], step, fused=True)
+        penalty.add_grad_([v], [torch.zeros_like(v)], fused=True)
+    assert dict(counters["stats"]).get("unique_graphs") == before.get("unique_graphs")
+
+
+def test_small_or_strided_tensors_take_the_eager_path() -> None:
+    small = torch.randn(10)
+    strided = torch.randn(N, 2)[:, 0]
+    assert _fused.fused_prox_([small, strided], 0.1, 1.0) == [0, 1]
+
+
+def test_auto_choice_by_size() -> None:
+    assert not _fused.use_fused([torch.zeros(10)], None)
+    assert _fused.use_fused([torch.zeros(10)], True)
+    assert not _fused.use_fused([torch.zeros(_fused.FUSED_MIN_NUMEL)], False)
+    assert _fused.use_fused([torch.zeros(_fused.FUSED_MIN_NUMEL)], None)
+
+
+def test_compile_failure_warns_once_and_falls_back(monkeypatch) -> None:
+    def broken(name):
+        def fail(*args):
+            raise RuntimeError("no compiler")
+
+        return fail
+
+    monkeypatch.setattr(_fused, "_compiled", broken)
+    monkeypatch.setattr(_fused, "_broken", False)
+    w = torch.randn(N)
+    expected = torch.nn.functional.softshrink(w, 0.2)
+    with pytest.warns(RuntimeWarning, match="could not compile its fused kernels .*no compiler"):
+        rt.L1(1.0).prox([w], 0.2, fused=True)
+    torch.testing.assert_close(w, expected, rtol=0, atol=0)
+    assert not _fused.use_fused([w], True)  # stays eager for the rest of the process
+    monkeypatch.setattr(_fused, "_broken", False)
+    _fused.fused_available.cache_clear()
+
+
+def test_regularizer_fused_grad_mode_equals_eager() -> None:
+    def run(fused):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        rt.regularize(model, opt, rt.ElasticNet(l1=1e-3, l2=1e-3), mode="grad", fused=fused)
+        x = torch.randn(16, 256)
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return [p.detach() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
