@@ -6,10 +6,13 @@ lists of tensors; a :class:`Regularizer` binds them to a model's parameters and 
 """
 
 from regtorch._elementwise import L1, L2, ElasticNet, Lp
+from regtorch._freeze import FrozenZeros, freeze_zeros
 from regtorch._group import GroupLasso
 from regtorch._penalty import Penalty, Sum, list_penalties, penalty_from_config
 from regtorch._regularizer import AttachHandle, Regularizer, regularize
 from regtorch._selection import select_parameters
+from regtorch._shrink import LayerShrink, ShrinkReport, shrink, shrink_report
+from regtorch._sparse_io import SparseSaveInfo, load_sparse, save_sparse
 from regtorch._stats import ParameterStats, Stats, sparsity
 
 __version__ = "0.1.0"
@@ -19,17 +22,26 @@ __all__ = [
     "L2",
     "AttachHandle",
     "ElasticNet",
+    "FrozenZeros",
     "GroupLasso",
+    "LayerShrink",
     "Lp",
     "ParameterStats",
     "Penalty",
     "Regularizer",
+    "ShrinkReport",
+    "SparseSaveInfo",
     "Stats",
     "Sum",
     "__version__",
+    "freeze_zeros",
     "list_penalties",
+    "load_sparse",
     "penalty_from_config",
     "regularize",
+    "save_sparse",
     "select_parameters",
+    "shrink",
+    "shrink_report",
     "sparsity",
 ]
