@@ -1,0 +1,62 @@
+"""The ``regtorch`` command line: ``train``, ``compare``, ``path`` and ``report``.
+
+Every error a user can cause ends as one line on stderr and exit status 2 (1 for a run that
+failed mid-way, such as a NaN loss); set ``REGTORCH_DEBUG=1`` to see tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from regtorch.training._errors import RunError
+
+__all__ = ["main"]
+
+
+def _say(prefix: str, message: str) -> None:
+    text = " ".join(str(message).split())
+    print(f"{prefix}: error: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``regtorch`` command with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 for bad input, 1 for a run that failed mid-way,
+        130 when interrupted.
+    """
+    from regtorch.cli._commands import COMMANDS
+    from regtorch.cli._parser import build_parser
+
+    debug = bool(os.environ.get("REGTORCH_DEBUG"))
+    prefix = "regtorch"
+    try:
+        args = build_parser().parse_args(None if argv is None else list(argv))
+        prefix = f"regtorch {args.command}"
+        return COMMANDS[args.command](args)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except RunError as exc:
+        if debug:
+            raise
+        _say(prefix, str(exc))
+        return exc.status
+    except (ValueError, TypeError) as exc:
+        if debug:
+            raise
+        _say(prefix, str(exc))
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _say(prefix, "interrupted; completed epochs are saved, continue with --resume --out DIR")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        _say(prefix, f"internal error: {type(exc).__name__}: {exc} (set REGTORCH_DEBUG=1 for the traceback)")
+        return 1

@@ -1,0 +1,128 @@
+"""The four commands: ``train``, ``compare``, ``path`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from regtorch.cli._parser import CONFIG_OPTIONS
+from regtorch.training._config import TrainConfig
+from regtorch.training._errors import UsageError
+from regtorch.training._metrics import clean_json
+from regtorch.training._progress import Reporter
+
+__all__ = ["COMMANDS", "COMPARE_DEFAULTS", "PATH_DEFAULTS"]
+
+#: Defaults of ``regtorch compare`` that differ from ``train``'s: plain SGD, where a strength
+#: means the same in loss and prox modes, long enough for the penalties to act on digits.
+COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 30, "l1": 2e-3, "l2": 3e-3, "strength": 0.02}
+#: Defaults of ``regtorch path``: L1 in prox mode (exact zeros), 5 epochs per strength.
+PATH_DEFAULTS: dict[str, Any] = {"penalty": "l1", "mode": "prox", "epochs": 5}
+_PLAIN_SGD: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.0, "lr": 0.1}
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the configuration options the user gave (argparse stores nothing else)."""
+    return {name: getattr(args, name) for name in CONFIG_OPTIONS if hasattr(args, name)}
+
+
+def _reporter(args: argparse.Namespace) -> Reporter:
+    return Reporter(sys.stderr if args.json else sys.stdout, quiet=args.quiet)
+
+
+def _emit_json(args: argparse.Namespace, payload: Any) -> None:
+    if args.json:
+        print(json.dumps(clean_json(payload), indent=2), flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``regtorch train``: one configuration."""
+    from regtorch.training._run import run_train
+
+    given = _given(args)
+    cfg = TrainConfig(**given)
+    cfg.validate()
+    if not args.resume:
+        cfg.check_unused_strengths()
+    summary = run_train(
+        cfg,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        explicit=list(given),
+        reporter=_reporter(args),
+        plots=not args.no_plots,
+    )
+    _emit_json(args, summary)
+    return 0
+
+
+def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    values = dict(defaults)
+    if "optimizer" not in given:
+        values.update(_PLAIN_SGD)
+    values.update(given)
+    return values
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``regtorch compare``: several configurations, one table."""
+    from regtorch.training._compare import run_compare
+
+    given = _given(args)
+    base = TrainConfig(**_with_defaults(COMPARE_DEFAULTS, given))
+    base.validate()
+    rows = run_compare(
+        base,
+        args.configs,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        explicit=list(given),
+        reporter=_reporter(args),
+        plots=not args.no_plots,
+    )
+    _emit_json(args, rows)
+    return 0
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    """``regtorch path``: a regularization path."""
+    from regtorch.training._path import run_path
+
+    given = _given(args)
+    for name in ("l1", "l2", "alpha", "strength"):
+        if name in given:
+            raise UsageError(
+                f"regtorch path sets the strengths itself: give --max/--min and --steps instead of --{name}"
+            )
+    base = TrainConfig(**_with_defaults(PATH_DEFAULTS, given))
+    base.validate()
+    rows = run_path(
+        base,
+        args.out,
+        steps=getattr(args, "steps", 8),
+        max_strength=getattr(args, "max_strength", None),
+        min_strength=getattr(args, "min_strength", None),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        explicit=list(given),
+        reporter=_reporter(args),
+        plots=not args.no_plots,
+    )
+    _emit_json(args, rows)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``regtorch report RUN_DIR``: redraw and summarize."""
+    from regtorch.training._report import run_report
+
+    result = run_report(args.run_dir, reporter=_reporter(args), plots=not args.no_plots)
+    _emit_json(args, result)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "path": cmd_path, "report": cmd_report}

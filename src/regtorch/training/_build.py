@@ -1,0 +1,178 @@
+"""Building the pieces of a run from a :class:`TrainConfig`: model, optimizer, schedule, penalty.
+
+Each piece has its own function so other programs (pruning, fine-tuning, distributed runs) can
+rebuild one of them without the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import regtorch
+from regtorch.training._config import TrainConfig
+from regtorch.training._errors import UsageError
+from regtorch.training._models import make_cnn, make_mlp
+
+__all__ = [
+    "build_model",
+    "build_optimizer",
+    "build_penalty",
+    "build_regularizer",
+    "build_scheduler",
+    "choose_threads",
+    "resolve_device",
+]
+
+# Below this many multiply-adds per training step, a second thread costs more in
+# synchronisation than it gains (measured by benchmarks/train_throughput.py).
+_SMALL_STEP_FLOPS = 5e6
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the device for ``--device`` (``auto``: CUDA when available, else CPU).
+
+    Raises:
+        UsageError: If CUDA is asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was given but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Return the model named by ``cfg.model`` (on the CPU; move it yourself).
+
+    Raises:
+        UsageError: If the model does not fit the data (``cnn`` on tabular data).
+    """
+    hidden = tuple(cfg.hidden or ())
+    if cfg.model == "cnn":
+        return make_cnn(input_shape, num_classes, hidden)
+    return make_mlp(input_shape, num_classes, hidden)
+
+
+def _fused_supported(cfg: TrainConfig) -> bool:
+    return cfg.optimizer in ("adam", "adamw", "sgd")
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Return the optimizer of ``cfg`` over ``model.parameters()``.
+
+    Adam, AdamW and SGD use their fused kernels when ``cfg.fused`` is not ``False`` and the
+    kernels exist for the parameters' device (one kernel for all parameters: the cheapest step
+    for small models); RMSprop uses the default implementation.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = float(cfg.lr)  # resolved
+    wd = float(cfg.weight_decay or 0.0)
+    kwargs: dict = {}
+    if cfg.fused is not False and _fused_supported(cfg):
+        kwargs["fused"] = True
+    for attempt in (kwargs, {}):
+        try:
+            if cfg.optimizer == "adam":
+                return torch.optim.Adam(params, lr=lr, weight_decay=wd, **attempt)
+            if cfg.optimizer == "adamw":
+                return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **attempt)
+            if cfg.optimizer == "sgd":
+                return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd, **attempt)
+            return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+        except RuntimeError:
+            if not attempt:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def build_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Return the per-epoch learning-rate schedule (``cosine`` over ``epochs``, ``step``), or None."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg.step_size or 1), gamma=cfg.gamma)
+    return None
+
+
+def build_penalty(cfg: TrainConfig) -> regtorch.Penalty | None:
+    """Return the penalty of a resolved config, or ``None`` for ``--penalty none``.
+
+    ==================  ===============================================================
+    ``--penalty``       penalty
+    ==================  ===============================================================
+    ``l1``              ``L1(l1)``
+    ``l2``              ``L2(l2)``
+    ``elasticnet``      ``ElasticNet(l1, l2)``, or ``ElasticNet.from_sklearn(alpha, l1_ratio)``
+    ``lp``              ``Lp(p, strength)``
+    ``group``           ``GroupLasso(strength, groups)``
+    ``sparse-group``    ``L1(l1) + GroupLasso(strength, groups)``
+    ==================  ===============================================================
+    """
+    name = cfg.penalty
+    if name == "none":
+        return None
+    if name == "l1":
+        return regtorch.L1(cfg.l1)
+    if name == "l2":
+        return regtorch.L2(cfg.l2)
+    if name == "elasticnet":
+        if cfg.alpha is not None:
+            return regtorch.ElasticNet.from_sklearn(alpha=cfg.alpha, l1_ratio=cfg.l1_ratio)
+        return regtorch.ElasticNet(l1=cfg.l1, l2=cfg.l2)
+    if name == "lp":
+        return regtorch.Lp(cfg.p, cfg.strength)
+    if name == "group":
+        return regtorch.GroupLasso(cfg.strength, groups=cfg.groups)
+    return regtorch.L1(cfg.l1) + regtorch.GroupLasso(cfg.strength, groups=cfg.groups)
+
+
+def build_regularizer(
+    cfg: TrainConfig, model: nn.Module, penalty: regtorch.Penalty | None = None
+) -> regtorch.Regularizer | None:
+    """Return a :class:`regtorch.Regularizer` of ``cfg``'s penalty on ``model`` (not attached).
+
+    Args:
+        cfg: A resolved config.
+        model: The model.
+        penalty: Use this penalty instead of :func:`build_penalty`'s (the path's stages).
+
+    Raises:
+        UsageError: For a selection or penalty the core refuses (its message, one line).
+    """
+    penalty = build_penalty(cfg) if penalty is None else penalty
+    if penalty is None:
+        return None
+    try:
+        return regtorch.Regularizer(
+            model, penalty, params=cfg.params, mode=cfg.mode, step_factor=cfg.step_factor
+        )
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def step_flops(model: nn.Module, batch_size: int) -> float:
+    """Rough multiply-adds of one training step: 3 × parameters × batch (no conv reuse)."""
+    return 3.0 * batch_size * sum(p.numel() for p in model.parameters())
+
+
+def choose_threads(cfg: TrainConfig, model: nn.Module) -> int:
+    """Return the number of intra-op threads for this run (``--threads``, else a guess).
+
+    Small steps (the tutorial MLP at small batches) run fastest on one thread; larger ones use
+    every core this process may run on.
+    """
+    if cfg.threads is not None:
+        return cfg.threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    if cfg.model == "mlp" and step_flops(model, cfg.batch_size) < _SMALL_STEP_FLOPS:
+        return 1
+    return max(1, cores)

@@ -1,0 +1,248 @@
+"""The configuration of one training run, its defaults and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from regtorch.training._errors import UsageError
+
+__all__ = [
+    "DEFAULT_LR",
+    "DEFAULT_STRENGTH",
+    "MODELS",
+    "MODES",
+    "OPTIMIZERS",
+    "PENALTIES",
+    "SCHEDULES",
+    "TrainConfig",
+]
+
+MODELS = ("mlp", "cnn")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("none", "cosine", "step")
+PENALTIES = ("none", "l1", "l2", "elasticnet", "lp", "group", "sparse-group")
+MODES = ("loss", "grad", "prox")
+GROUPINGS = ("rows", "columns", "filters", "channels", "tensor")
+DEVICES = ("cpu", "cuda", "auto")
+
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
+DEFAULT_HIDDEN = {"mlp": (64, 32), "cnn": (64,)}
+
+#: Strengths used when a penalty is chosen without one. They are sums over all regularized
+#: weights added to the mean cross-entropy of a batch (so they do not depend on the batch size);
+#: on the default MLP they leave accuracy intact and make the penalty's effect visible.
+DEFAULT_STRENGTH = {"l1": 1e-4, "l2": 1e-3, "strength": 1e-3, "p": 1.5, "l1_ratio": 0.5}
+
+# Which strength options each penalty reads (others are an error in `regtorch train`).
+PENALTY_OPTIONS = {
+    "none": (),
+    "l1": ("l1",),
+    "l2": ("l2",),
+    "elasticnet": ("l1", "l2", "alpha", "l1_ratio"),
+    "lp": ("p", "strength"),
+    "group": ("strength", "groups"),
+    "sparse-group": ("l1", "strength", "groups"),
+}
+STRENGTH_OPTIONS = ("l1", "l2", "alpha", "l1_ratio", "p", "strength", "groups")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; ``config.json`` holds it, resolved.
+
+    Strengths are for penalties summed over all regularized weights and added to the mean
+    cross-entropy of a mini-batch: ``loss = CE + l1·Σ|w| + l2·Σw²`` (no ½, as in Keras).
+    ``None`` means "the default" (see :meth:`resolved`).
+    """
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    target: str | None = None
+    val_fraction: float = 0.1
+    limit: int | None = None
+    # model
+    model: str = "mlp"
+    hidden: tuple[int, ...] | None = None
+    # optimization
+    optimizer: str = "adam"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    batch_size: int = 32
+    epochs: int = 10
+    schedule: str = "none"
+    step_size: int | None = None
+    gamma: float = 0.1
+    seed: int = 0
+    # regularization
+    penalty: str = "none"
+    l1: float | None = None
+    l2: float | None = None
+    alpha: float | None = None
+    l1_ratio: float | None = None
+    p: float | None = None
+    strength: float | None = None
+    groups: str = "rows"
+    params: str = "weights"
+    mode: str = "loss"
+    step_factor: float = 1.0
+    # execution
+    log_every: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    fused: bool | None = None
+    compile: bool = False
+    label: str = field(default="")
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serializable dict (``hidden`` as a list)."""
+        data = dataclasses.asdict(self)
+        data["hidden"] = None if self.hidden is None else list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build a config from :meth:`to_dict`'s output; unknown keys are an error.
+
+        Raises:
+            UsageError: If ``data`` holds a key that is not a field.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown configuration key(s): {', '.join(unknown)}")
+        values = dict(data)
+        if values.get("hidden") is not None:
+            values["hidden"] = tuple(int(h) for h in values["hidden"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ defaults
+    def resolved(self) -> TrainConfig:
+        """Return a validated copy with every ``None`` default filled in.
+
+        Raises:
+            UsageError: If a value is out of range or options contradict each other.
+        """
+        self.validate()
+        cfg = self.replace()
+        if cfg.hidden is None:
+            cfg.hidden = DEFAULT_HIDDEN[cfg.model]
+        if cfg.lr is None:
+            cfg.lr = DEFAULT_LR[cfg.optimizer]
+        if cfg.weight_decay is None:
+            cfg.weight_decay = 0.01 if cfg.optimizer == "adamw" else 0.0
+        if cfg.step_size is None:
+            cfg.step_size = max(1, cfg.epochs // 3)
+        uses = PENALTY_OPTIONS[cfg.penalty]
+        if cfg.penalty == "elasticnet" and cfg.alpha is not None:
+            cfg.l1_ratio = DEFAULT_STRENGTH["l1_ratio"] if cfg.l1_ratio is None else cfg.l1_ratio
+        else:
+            for name in ("l1", "l2", "strength", "p"):
+                if name in uses and getattr(cfg, name) is None:
+                    setattr(cfg, name, DEFAULT_STRENGTH[name])
+        return cfg
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check every value; raise :class:`UsageError` naming the command-line option."""
+        _choice("--model", self.model, MODELS)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        _choice("--penalty", self.penalty, PENALTIES)
+        _choice("--mode", self.mode, MODES)
+        _choice("--groups", self.groups, GROUPINGS)
+        _choice("--device", self.device, DEVICES)
+        _number("--val-fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
+        _number("--lr", self.lr, low=0.0, low_open=True)
+        _number("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _number("--weight-decay", self.weight_decay, low=0.0)
+        _number("--gamma", self.gamma, low=0.0, low_open=True)
+        _number("--step-factor", self.step_factor, low=0.0)
+        for name in ("l1", "l2", "alpha", "strength"):
+            _number("--" + name, getattr(self, name), low=0.0)
+        _number("--l1-ratio", self.l1_ratio, low=0.0, high=1.0)
+        _number("--p", self.p, low=1.0)
+        _integer("--batch-size", self.batch_size, low=1)
+        _integer("--epochs", self.epochs, low=1)
+        _integer("--step-size", self.step_size, low=1)
+        _integer("--seed", self.seed, low=0)
+        _integer("--limit", self.limit, low=1)
+        _integer("--log-every", self.log_every, low=0)
+        _integer("--threads", self.threads, low=1)
+        if self.hidden is not None:
+            if not self.hidden:
+                raise UsageError("--hidden must list at least one layer size, e.g. 64,32")
+            for size in self.hidden:
+                _integer("--hidden", size, low=1)
+        if (
+            self.penalty == "elasticnet"
+            and self.alpha is not None
+            and (self.l1 is not None or self.l2 is not None)
+        ):
+            raise UsageError(
+                "--alpha/--l1-ratio and --l1/--l2 are two ways to set the elastic net's "
+                "strengths; give one of them"
+            )
+        if self.target is not None and not self.dataset.startswith("csv:"):
+            raise UsageError(f"--target is only used with --dataset csv:PATH; got {self.dataset!r}")
+
+    def check_unused_strengths(self) -> None:
+        """Reject strength options the chosen penalty does not read (``regtorch train``).
+
+        Raises:
+            UsageError: For example ``--l1`` with ``--penalty l2``.
+        """
+        uses = PENALTY_OPTIONS[self.penalty]
+        for name in STRENGTH_OPTIONS:
+            value = getattr(self, name)
+            if name == "groups" and value == "rows":
+                continue
+            if value is not None and name not in uses:
+                users = [p for p, opts in PENALTY_OPTIONS.items() if name in opts]
+                raise UsageError(
+                    f"--{name.replace('_', '-')} is not used by --penalty {self.penalty}; it "
+                    f"belongs to --penalty {' or '.join(users)}"
+                )
+
+
+def _choice(option: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _number(
+    option: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{option} must be a finite number; got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise UsageError(f"{option} must be {'>' if low_open else '>='} {low:g}; got {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise UsageError(f"{option} must be {'<' if high_open else '<='} {high:g}; got {value!r}")
+
+
+def _integer(option: str, value: object, *, low: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{option} must be an integer; got {value!r}")
+    if value < low:
+        raise UsageError(f"{option} must be >= {low}; got {value!r}")

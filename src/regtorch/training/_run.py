@@ -1,0 +1,416 @@
+"""One training run from a config to a run folder: build, warn, train, checkpoint, summarize."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import regtorch
+from regtorch.data import DataError, Dataset, load_dataset
+from regtorch.training._build import (
+    build_model,
+    build_optimizer,
+    build_regularizer,
+    build_scheduler,
+    choose_threads,
+    resolve_device,
+)
+from regtorch.training._checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    write_json,
+)
+from regtorch.training._config import PENALTY_OPTIONS, TrainConfig
+from regtorch.training._errors import UsageError
+from regtorch.training._loop import Callback, Trainer, evaluate
+from regtorch.training._metrics import (
+    MetricsWriter,
+    PenaltyParts,
+    format_layer_table,
+    layer_rows,
+    read_metrics,
+    weight_sparsity,
+)
+from regtorch.training._progress import Reporter
+from regtorch.training._rundir import (
+    check_out_dir,
+    default_out_dir,
+    empty_run_dir,
+    read_json,
+    write_run_config,
+)
+
+__all__ = ["Session", "build_session", "load_data", "run_train", "summarize"]
+
+#: Options a resumed run may change; any other must match the run's config.json.
+RESUME_MAY_CHANGE = frozenset({"epochs", "log_every", "data_dir", "download", "label"})
+_DOMINANCE = 10.0
+
+
+@dataclass
+class Session:
+    """The live objects of a run, built from a resolved config by :func:`build_session`."""
+
+    cfg: TrainConfig
+    data: Dataset
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    regularizer: regtorch.Regularizer | None
+    scheduler: Any
+    generator: torch.Generator
+    threads: int
+
+
+def load_data(cfg: TrainConfig) -> Dataset:
+    """Load ``cfg.dataset`` (a :class:`~regtorch.data.DataError` becomes a :class:`UsageError`)."""
+    try:
+        return load_dataset(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            target=cfg.target,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            limit=cfg.limit,
+        )
+    except (DataError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def build_session(
+    cfg: TrainConfig, data: Dataset | None = None, *, penalty: regtorch.Penalty | None = None
+) -> Session:
+    """Build data, model (seeded by ``cfg.seed``), optimizer, regularizer and schedule.
+
+    Sets ``torch.set_num_threads`` to :func:`choose_threads`'s choice (callers restore it).
+    """
+    data = load_data(cfg) if data is None else data
+    device = resolve_device(cfg.device)
+    if device.type != "cpu":
+        data = data.to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    threads = choose_threads(cfg, model)
+    torch.set_num_threads(threads)
+    optimizer = build_optimizer(cfg, model)
+    regularizer = build_regularizer(cfg, model, penalty)
+    if regularizer is not None and regularizer.mode != "loss":
+        try:
+            regularizer.attach(optimizer)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from exc
+    scheduler = build_scheduler(cfg, optimizer)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads)
+
+
+def _strength_hint(cfg: TrainConfig) -> str:
+    options = [o for o in PENALTY_OPTIONS[cfg.penalty] if o not in ("l1_ratio", "p", "groups")]
+    if cfg.penalty == "elasticnet":
+        options = ["alpha"] if cfg.alpha is not None else ["l1", "l2"]
+    return "/".join("--" + o for o in options)
+
+
+def warn_if_dominant(session: Session, reporter: Reporter) -> float | None:
+    """Warn when the initial penalty exceeds 10× the initial data loss; return the ratio.
+
+    Not in prox mode with an adaptive optimizer (Adam, AdamW, RMSprop): there the prox step
+    ``lr·λ`` competes with steps of about ``lr`` per weight, not with the data loss's gradient,
+    so the ratio of the two values predicts nothing.
+    """
+    if session.regularizer is None:
+        return None
+    if session.regularizer.mode == "prox" and session.cfg.optimizer in ("adam", "adamw", "rmsprop"):
+        return None
+    data = session.data
+    n = min(2048, int(data.x_train.shape[0]))
+    data_loss, _ = evaluate(session.model, data.x_train[:n], data.y_train[:n])
+    penalty = sum(PenaltyParts(session.regularizer).values().values())
+    ratio = penalty / max(data_loss, 1e-12)
+    if ratio > _DOMINANCE:
+        reporter.warn(
+            f"at the start the penalty ({penalty:.4g}) is {ratio:.0f}x the data loss "
+            f"({data_loss:.4g}): the regularization will dominate; weights will collapse — "
+            f"lower {_strength_hint(session.cfg)}"
+        )
+    return ratio
+
+
+def _resume_config(
+    given: TrainConfig, saved: TrainConfig, explicit: Collection[str] | None, where: Path
+) -> TrainConfig:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    explicit = names if explicit is None else explicit
+    given_resolved = given.resolved()
+    changes = {}
+    for name in explicit:
+        if name in RESUME_MAY_CHANGE:
+            changes[name] = getattr(given, name)
+        elif getattr(given_resolved, name) != getattr(saved, name):
+            raise UsageError(
+                f"--{name.replace('_', '-')} {getattr(given_resolved, name)!r} differs from the "
+                f"run's configuration in '{where}' ({getattr(saved, name)!r}); a resumed run keeps "
+                f"its configuration (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
+            )
+    return saved.replace(**changes).resolved()
+
+
+def summarize(
+    session: Session, trainer: Trainer, *, wall_time_s: float, status: str = "completed"
+) -> dict[str, Any]:
+    """Evaluate the final model on every split and return the ``summary.json`` content."""
+    data, model, cfg = session.data, session.model, session.cfg
+    train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    val_loss = val_acc = None
+    if data.x_val is not None and data.n_val:
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+    parts = PenaltyParts(session.regularizer).values()
+    penalty = float(sum(parts.values()))
+    stats = weight_sparsity(model)
+    reg = session.regularizer
+    state = trainer.state
+    return {
+        "status": status,
+        "label": cfg.label or cfg.penalty,
+        "dataset": data.name,
+        "n_train": data.n_train,
+        "n_val": data.n_val,
+        "n_test": data.n_test,
+        "model": cfg.model,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "penalty_name": "none" if reg is None else repr(reg.penalties[0]),
+        "mode": None if reg is None else reg.mode,
+        "epochs": state.epoch,
+        "steps": state.step,
+        "train_accuracy": train_acc,
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "generalization_gap": train_acc - test_acc,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "test_loss": test_loss,
+        "data_loss": train_loss,
+        "penalty": penalty,
+        "penalty_parts": parts,
+        "objective": train_loss + penalty,
+        "zero_fraction": stats.zero_fraction,
+        "zeros": stats.zeros,
+        "weights": stats.numel,
+        "zero_neurons": stats.zero_groups,
+        "neurons": stats.groups,
+        "weight_l1": stats.l1_norm,
+        "weight_l2": stats.l2_norm,
+        "layers": layer_rows(stats),
+        "threads": session.threads,
+        "timing": {
+            "wall_time_s": wall_time_s,
+            "train_time_s": state.train_time_s,
+            "samples_per_s": state.samples / state.train_time_s if state.train_time_s else None,
+        },
+    }
+
+
+def result_line(summary: dict[str, Any], out: Path) -> str:
+    """Return the one-line result of a run."""
+    return (
+        f"test accuracy {summary['test_accuracy']:.2%} (train {summary['train_accuracy']:.2%}) | "
+        f"data loss {summary['data_loss']:.4f} | penalty {summary['penalty']:.4g} | "
+        f"zero weights {summary['zero_fraction']:.1%} | zero neurons "
+        f"{summary['zero_neurons']}/{summary['neurons']} | "
+        f"{summary['timing']['wall_time_s']:.1f}s | {out}"
+    )
+
+
+def _checkpoint_writer(session: Session, out: Path, writer: MetricsWriter, wall: list[float]):
+    def write(trainer: Trainer) -> None:
+        save_checkpoint(
+            out / "checkpoint.pt",
+            {
+                "epoch": trainer.state.epoch,
+                "step": trainer.state.step,
+                "train_time_s": trainer.state.train_time_s,
+                "samples": trainer.state.samples,
+                "wall_time_s": wall[0] + time.perf_counter() - wall[1],
+                "model": session.model.state_dict(),
+                "optimizer": session.optimizer.state_dict(),
+                "regularizer": None if session.regularizer is None else session.regularizer.state_dict(),
+                "scheduler": None if session.scheduler is None else session.scheduler.state_dict(),
+                "rng": capture_rng(session.generator),
+                "metrics_offsets": writer.offsets(),
+                "history": trainer.history,
+                "config": session.cfg.to_dict(),
+            },
+        )
+
+    return write
+
+
+def _restore(session: Session, trainer: Trainer, state: dict[str, Any]) -> None:
+    session.model.load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    if session.regularizer is not None and state.get("regularizer") is not None:
+        session.regularizer.load_state_dict(state["regularizer"])
+    if session.scheduler is not None and state.get("scheduler") is not None:
+        session.scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"], session.generator)
+    trainer.state.epoch = int(state["epoch"])
+    trainer.state.step = int(state["step"])
+    trainer.state.train_time_s = float(state["train_time_s"])
+    trainer.state.samples = int(state["samples"])
+    trainer.history = list(state["history"])
+
+
+def auto_log_every(steps_per_epoch: int) -> int:
+    """Return a round number of batches giving about four tutorial lines per epoch."""
+    target = max(1, steps_per_epoch // 4)
+    best = 1
+    for scale in (1, 10, 100, 1000, 10000, 100000):
+        for mult in (1, 2, 5):
+            if mult * scale <= target:
+                best = mult * scale
+    return best
+
+
+def run_train(
+    config: TrainConfig,
+    out_dir: Path | str | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    explicit: Collection[str] | None = None,
+    reporter: Reporter | None = None,
+    callbacks: Sequence[Callback] = (),
+    plots: bool = True,
+    data: Dataset | None = None,
+) -> dict[str, Any]:
+    """Train one configuration into a run folder and return its summary.
+
+    Args:
+        config: The run's configuration (resolved here).
+        out_dir: The run folder (default: a new ``runs/train-<time>``).
+        resume: Continue the run in ``out_dir`` from its checkpoint (its config.json wins).
+        overwrite: Empty ``out_dir`` first (only if it holds a regtorch run).
+        explicit: With ``resume``, the options the user gave (others come from config.json);
+            ``None``: all of ``config``.
+        reporter: Where lines go (default: stdout).
+        callbacks: :class:`Callback` objects for the trainer.
+        plots: Draw the PNG plots at the end.
+        data: An already loaded data set matching ``config`` (``compare`` shares one).
+
+    Returns:
+        The content of ``summary.json``.
+
+    Raises:
+        UsageError: For bad input (exit status 2).
+        RunFailed: If training diverges (exit status 1).
+    """
+    started = time.perf_counter()
+    reporter = reporter or Reporter()
+    out = Path(out_dir) if out_dir is not None else default_out_dir("train")
+    kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="train")
+    cfg = config.resolved()
+    checkpoint_state = None
+    if kind == "resume":
+        saved = read_json(out / "config.json").get("config")
+        if not isinstance(saved, dict):
+            raise UsageError(f"'{out / 'config.json'}' holds no training configuration")
+        cfg = _resume_config(config, TrainConfig.from_dict(saved), explicit, out / "config.json")
+        summary_path = out / "summary.json"
+        if summary_path.exists():
+            summary = read_json(summary_path)
+            if summary.get("epochs") == cfg.epochs and summary.get("status") == "completed":
+                reporter.result(f"the run in '{out}' is already complete")
+                reporter.result(result_line(summary, out))
+                return summary
+        if (out / "checkpoint.pt").exists():
+            checkpoint_state = load_checkpoint(out / "checkpoint.pt")
+    threads_before = torch.get_num_threads()
+    try:
+        session = build_session(cfg, data)
+        if kind == "overwrite":
+            empty_run_dir(out)
+        return _train(session, out, reporter, callbacks, plots, checkpoint_state, started)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    session: Session,
+    out: Path,
+    reporter: Reporter,
+    callbacks: Sequence[Callback],
+    plots: bool,
+    checkpoint_state: dict[str, Any] | None,
+    started: float,
+) -> dict[str, Any]:
+    cfg, data = session.cfg, session.data
+    write_run_config(out, "train", config=cfg.to_dict())
+    writer = MetricsWriter(out)
+    steps_per_epoch = -(-data.n_train // cfg.batch_size)
+    log_every = auto_log_every(steps_per_epoch) if cfg.log_every is None else cfg.log_every
+    trainer = Trainer(
+        session.model,
+        session.optimizer,
+        data.x_train,
+        data.y_train,
+        regularizer=session.regularizer,
+        scheduler=session.scheduler,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        generator=session.generator,
+        log_every=log_every,
+        reporter=reporter,
+        callbacks=callbacks,
+        metrics_row=writer.write,
+        x_val=data.x_val,
+        y_val=data.y_val,
+    )
+    wall = [0.0, started]
+    if checkpoint_state is not None:
+        _restore(session, trainer, checkpoint_state)
+        writer.reset(checkpoint_state["metrics_offsets"])
+        wall[0] = float(checkpoint_state.get("wall_time_s", 0.0))
+        reporter.line(f"Resuming '{out}' after epoch {trainer.state.epoch} of {cfg.epochs}")
+    else:
+        writer.reset()
+        reporter.line(
+            f"Training {cfg.model} {list(cfg.hidden or ())} on {data.name} "
+            f"({data.n_train} train, {data.n_val} val, {data.n_test} test) | "
+            f"{'no penalty' if session.regularizer is None else session.regularizer} | "
+            f"{cfg.optimizer} lr {cfg.lr:g} | {session.threads} thread(s) | {out}"
+        )
+        warn_if_dominant(session, reporter)
+    trainer.checkpoint = _checkpoint_writer(session, out, writer, wall)
+    trainer.fit()
+    summary = summarize(
+        session,
+        trainer,
+        wall_time_s=wall[0] + time.perf_counter() - wall[1],
+        status="completed" if trainer.state.epoch >= cfg.epochs else "stopped",
+    )
+    write_json(out / "summary.json", summary)
+    reporter.line("")
+    reporter.line(format_layer_table(summary["layers"]))
+    if plots:
+        from regtorch.training._plots import draw_run_plots
+
+        note = draw_run_plots(out, read_metrics(out), _weights(session.model))
+        if note:
+            reporter.warn(note)
+    reporter.result(result_line(summary, out))
+    return summary
+
+
+def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, p.detach().cpu()) for n, p in regtorch.select_parameters(model, "weights")]
