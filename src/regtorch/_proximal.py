@@ -15,7 +15,7 @@ vector), and for any positively 1-homogeneous ``h``, ``prox_{t(h + λ₂‖·‖
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,19 +93,40 @@ def shrink_(tensors: Sequence[torch.Tensor], divisor: float, *, foreach: bool = 
         torch._foreach_div_([tensors[i] for i in indices], divisor)
 
 
-def block_soft_threshold_(tensors: Sequence[torch.Tensor], threshold: float, spec: GroupSpec) -> None:
+GroupNormsFn = Callable[[Sequence[torch.Tensor], GroupSpec], Sequence[torch.Tensor]]
+"""``f(tensors, spec) -> norms``: what :func:`group_norms` computes, for groups reaching beyond the
+tensors (sharded tensors: a group's squares summed over the ranks it spans)."""
+
+
+def block_soft_threshold_(
+    tensors: Sequence[torch.Tensor],
+    threshold: float,
+    spec: GroupSpec,
+    *,
+    norms: Sequence[torch.Tensor] | None = None,
+) -> None:
     """Block soft-threshold each group in place: ``w_g ← w_g·max(0, 1 − threshold/‖w_g‖₂)``.
 
     A group whose norm is at most ``threshold`` becomes exactly zero; a zero group stays zero.
+    ``norms`` gives each tensor's group norms (dims kept, as :func:`group_norms` returns them)
+    instead of computing them from the tensor.
     """
     if threshold <= 0:
         return
-    for w in tensors:
-        norms = group_norms(w, spec)
+    for index, w in enumerate(tensors):
+        norms_w = group_norms(w, spec) if norms is None else norms[index]
         factor = torch.where(
-            norms > threshold, 1 - threshold / norms.clamp_min(threshold), torch.zeros_like(norms)
+            norms_w > threshold, 1 - threshold / norms_w.clamp_min(threshold), torch.zeros_like(norms_w)
         )
         w.mul_(factor)
+
+
+def _norms_for(
+    tensors: Sequence[torch.Tensor], threshold: float, spec: GroupSpec, group_norms_fn: GroupNormsFn | None
+) -> Sequence[torch.Tensor] | None:
+    if group_norms_fn is None or threshold <= 0:
+        return None
+    return group_norms_fn(tensors, spec)
 
 
 @dataclass(frozen=True)
@@ -146,11 +167,13 @@ def apply_prox_plan(
     *,
     foreach: bool = False,
     fused: bool = False,
+    group_norms_fn: GroupNormsFn | None = None,
 ) -> None:
     """Apply ``prox_{step·R}`` in place for the penalty ``R`` described by ``plan``.
 
     With ``fused=True`` the element-wise part runs as one compiled kernel per tensor
     (:mod:`regtorch._fused`); tensors it cannot take fall back to the eager kernels.
+    ``group_norms_fn`` replaces :func:`group_norms` in the group step (sharded tensors).
     """
     with torch.no_grad():
         if fused and (plan.l1 or plan.l2):
@@ -159,12 +182,16 @@ def apply_prox_plan(
             rest = [tensors[i] for i in left]
             soft_threshold_(rest, step * plan.l1, foreach=foreach)
             if plan.group and plan.group_spec is not None:
-                block_soft_threshold_(tensors, step * plan.group, plan.group_spec)
+                threshold = step * plan.group
+                norms = _norms_for(tensors, threshold, plan.group_spec, group_norms_fn)
+                block_soft_threshold_(tensors, threshold, plan.group_spec, norms=norms)
                 shrink_(tensors, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
             else:
                 shrink_(rest, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
             return
         soft_threshold_(tensors, step * plan.l1, foreach=foreach)
         if plan.group and plan.group_spec is not None:
-            block_soft_threshold_(tensors, step * plan.group, plan.group_spec)
+            threshold = step * plan.group
+            norms = _norms_for(tensors, threshold, plan.group_spec, group_norms_fn)
+            block_soft_threshold_(tensors, threshold, plan.group_spec, norms=norms)
         shrink_(tensors, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
