@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from regtorch._distributed import full_group_norms, is_dtensor
 from regtorch._elementwise import _Strength
 from regtorch._penalty import Penalty
 from regtorch._proximal import GroupSpec, ProxPlan, group_norms, group_reduce_dims
@@ -79,17 +80,33 @@ class GroupLasso(Penalty):
             )
 
     def norms(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Return ``‖w_g‖₂`` for each group of ``tensor`` as a 1-D tensor."""
+        """Return ``‖w_g‖₂`` for each group of ``tensor`` as a 1-D tensor.
+
+        For a sharded parameter (FSDP2 ``DTensor``) every group's norm over all ranks, the same on
+        every rank (a collective: call it on every rank).
+        """
+        if is_dtensor(tensor):
+            dims = group_reduce_dims(self.groups, tensor.ndim)
+            return full_group_norms(tensor, dims).to(tensor.dtype).reshape(-1)
         return group_norms(tensor.detach(), self.groups).reshape(-1)
+
+    def group_dims(self, ndim: int) -> tuple[int, ...]:
+        """Return the dims each group norm of an ``ndim``-dim tensor reduces over."""
+        return group_reduce_dims(self.groups, ndim)
+
+    def _value_from_norms(self, norms: torch.Tensor) -> torch.Tensor:
+        return self.strength * norms.to(torch.float64).sum()
+
+    def _grad_from_norms(self, tensor: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        scale = torch.where(norms > 0, self.strength / norms.clamp_min(1e-38), 0.0)
+        return tensor * scale.to(tensor.dtype)
 
     def _value_one(self, tensor: torch.Tensor) -> torch.Tensor:
         wide = tensor.detach().to(torch.float64) if tensor.dtype != torch.float64 else tensor
-        return self.strength * group_norms(wide, self.groups).sum()
+        return self._value_from_norms(group_norms(wide, self.groups))
 
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:
-        norms = group_norms(tensor, self.groups)
-        scale = torch.where(norms > 0, self.strength / norms.clamp_min(1e-38), 0.0)
-        return tensor * scale.to(tensor.dtype)
+        return self._grad_from_norms(tensor, group_norms(tensor, self.groups))
 
     def prox_plan(self) -> ProxPlan:
         return ProxPlan(group=self.strength, group_spec=self.groups)

@@ -20,8 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch.autograd.function import once_differentiable
 
+from regtorch import _distributed
+from regtorch._distributed import has_dtensor
 from regtorch._fused import fused_add_grad_, fused_new_grad, use_fused
-from regtorch._proximal import ProxPlan, apply_prox_plan
+from regtorch._proximal import ProxPlan, apply_prox_plan, group_reduce_dims
 from regtorch._reductions import group_by_device_and_dtype, result_dtype
 from regtorch._validation import Interval, check_real
 
@@ -151,6 +153,8 @@ class Penalty:
                 :mod:`regtorch._fused`).
         """
         tensors = _as_list(tensors)
+        if has_dtensor(tensors):  # FSDP2: local shards, one all-reduce
+            return _distributed.value([self] * len(tensors), tensors, foreach, fused)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return _PenaltyValue.apply(self, foreach, fused, *tensors)
         return self._value_no_grad(tensors)
@@ -162,6 +166,43 @@ class Penalty:
         plan = self.prox_plan()
         return plan if plan is not None and not plan.group else None
 
+    # ----------------------------------------------------------------- structure (sharded tensors)
+    @property
+    def separable(self) -> bool:
+        """Whether ``R(w) = Σⱼ r(wⱼ)`` entry by entry, so a shard's value, gradient and prox are its own.
+
+        By default: a closed form with L1/L2 terms only. Sharded parameters (FSDP2) then need one
+        all-reduce of the values and no communication for gradients and proxes.
+        """
+        return self._elementwise_plan() is not None
+
+    def group_dims(self, ndim: int) -> tuple[int, ...] | None:
+        """For ``R(w) = Σ_g φ(‖w_g‖₂)``, the dims of an ``ndim``-dim tensor each group norm reduces.
+
+        ``None`` for other penalties. By default from a closed form with a group term only. On
+        sharded parameters the group norms are summed over the ranks a group spans, then
+        :meth:`_value_from_norms` and :meth:`_grad_from_norms` give the value and the gradient.
+        """
+        plan = self.prox_plan()
+        if plan is None or not plan.group or plan.l1 or plan.l2 or plan.group_spec is None:
+            return None
+        return group_reduce_dims(plan.group_spec, ndim)
+
+    def _group_strength(self) -> float:
+        plan = self.prox_plan()
+        if plan is None or not plan.group:
+            raise NotImplementedError(f"{self!r} is not a group penalty: it has no group norms.")
+        return plan.group
+
+    def _value_from_norms(self, norms: torch.Tensor) -> torch.Tensor:
+        """``R`` from the group norms of one tensor (a group penalty): ``λ_g Σ_g ‖w_g‖₂`` in float64."""
+        return self._group_strength() * norms.to(torch.float64).sum()
+
+    def _grad_from_norms(self, tensor: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """``∂R`` from the group norms (dims kept): ``λ_g·w_g/‖w_g‖₂``, 0 for a zero group."""
+        scale = torch.where(norms > 0, self._group_strength() / norms.clamp_min(1e-38), 0.0)
+        return tensor * scale.to(tensor.dtype)
+
     def grad(
         self,
         tensors: torch.Tensor | Sequence[torch.Tensor],
@@ -172,6 +213,8 @@ class Penalty:
     ) -> list[torch.Tensor]:
         """Return ``scale·∂R/∂wᵢ`` for each tensor (0 at non-differentiable points)."""
         tensors = [t.detach() for t in _as_list(tensors)]
+        if has_dtensor(tensors):  # DTensor gradients with the parameters' layouts
+            return _distributed.gradients([self] * len(tensors), tensors, foreach, fused, scale=scale)
         if foreach is None:
             foreach = _default_foreach(tensors)
         plan = self._elementwise_plan()
@@ -204,6 +247,9 @@ class Penalty:
         """Add ``alpha·∂R/∂wᵢ`` to ``grads[i]`` in place (what grad mode does to ``.grad``)."""
         tensors = [t.detach() for t in _as_list(tensors)]
         grads = list(grads)
+        if has_dtensor(tensors):
+            _distributed.add_grads_([self] * len(tensors), tensors, grads, alpha, foreach, fused)
+            return
         if foreach is None:
             foreach = _default_foreach(tensors)
         plan = self._elementwise_plan()
@@ -245,6 +291,9 @@ class Penalty:
         tensors = [t.detach() for t in _as_list(tensors)]
         if foreach is None:
             foreach = _default_foreach(tensors)
+        if has_dtensor(tensors):  # shard by shard; group norms summed over the ranks they span
+            _distributed.prox_(self, tensors, step, foreach, fused)
+            return
         plan = self.prox_plan()
         with torch.no_grad():
             if plan is not None:
