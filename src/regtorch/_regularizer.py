@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from regtorch import _distributed
+from regtorch._distributed import has_dtensor, local_views
 from regtorch._metric_prox import (
     PROX_METRICS,
     adam_denominators,
@@ -155,6 +157,7 @@ class Regularizer:
         self.num_steps = 0
         self._handles: list[AttachHandle] = []
         self._rules = self._resolve(model, penalty, params, exclude)
+        self._sharded = has_dtensor(self.parameters())  # FSDP2 DTensor parameters
 
     # ----------------------------------------------------------------- construction
     def _resolve(self, model, penalty, params, exclude) -> list[_Rule]:
@@ -237,9 +240,18 @@ class Regularizer:
         """Return the total penalty ``s·Σ_rules R(w)`` as a 0-dim tensor.
 
         In loss mode it is differentiable (add it to the loss); in grad and prox modes it is
-        detached, for logging.
+        detached, for logging. With sharded parameters (FSDP2) it is the global value, the same on
+        every rank: local sums on the shards and one all-reduce for all rules (call it on every rank).
         """
         factor = self.factor()
+        if self._sharded:
+            penalties = [r.penalty for r in self._rules for _ in r.params]
+            if self.mode == "loss":
+                total = _distributed.value(penalties, self.parameters(), self.foreach, self.fused)
+            else:
+                with torch.no_grad():
+                    total = _distributed.value(penalties, self.parameters())
+            return total * factor if factor != 1.0 else total
         if self.mode == "loss":
             values = [r.penalty.value(r.params, foreach=self.foreach, fused=self.fused) for r in self._rules]
         else:
@@ -344,6 +356,8 @@ class Regularizer:
                         denominators = adam_denominators(optimizer, group, params)
                         plan = check_metric_penalty(rule.penalty)
                         foreach = self.foreach if self.foreach is not None else params[0].is_cuda
+                        if self._sharded:  # element-wise: on the local shards, no communication
+                            params, denominators = local_views(params)[0], local_views(denominators)[0]
                         metric_prox_(params, denominators, step, plan, foreach=foreach)
                     else:
                         rule.penalty.prox(params, step, foreach=self.foreach, fused=self.fused)

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from regtorch import _distributed
+from regtorch._distributed import Reducer, has_dtensor, local_views
 from regtorch._penalty import Penalty
-from regtorch._proximal import GroupSpec, group_norms
+from regtorch._proximal import GroupSpec, group_norms, group_reduce_dims
 from regtorch._reductions import sum_abs, sum_square
 from regtorch._selection import Selection, select_parameters
 
@@ -141,14 +143,76 @@ def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float)
     )
 
 
+def _sharded(
+    named: Sequence[tuple[str, torch.Tensor, Penalty | None]], factor: float
+) -> list[ParameterStats]:
+    """:func:`_one` for every parameter when some are sharded (FSDP2 ``DTensor``): global numbers.
+
+    Local counts and sums are summed over the ranks holding shards, group norms over the ranks a
+    group spans; three all-reduces in all (penalties, group norms, counts), the same on every rank.
+    """
+    tensors = [p.detach() for _, p, _ in named]
+    locals_, layouts = local_views(tensors)
+    specs = [_group_spec_of(pen) for _, _, pen in named]
+    dims = [group_reduce_dims(spec, w.ndim) for spec, w in zip(specs, locals_, strict=True)]
+    with_penalty = [i for i, (_, _, pen) in enumerate(named) if pen is not None]
+    totals, _ = _distributed.values([named[i][2] for i in with_penalty], [tensors[i] for i in with_penalty])
+    values = dict(zip(with_penalty, totals, strict=True))
+    norms = _distributed.group_norms_across(locals_, layouts, dims)
+    reducer = Reducer()
+    handles = []
+    for w, layout, n, d in zip(locals_, layouts, norms, dims, strict=True):
+        counts = torch.stack([(w == 0).sum(), (~torch.isfinite(w)).sum(), (n == 0).sum()]).to(torch.float64)
+        sums = torch.stack([sum_abs(w), sum_square(w)]).to(counts.device)
+        if layout is None:
+            handles.append((reducer.add(counts, ()), reducer.add(sums, ())))
+            continue
+        # zeros, non-finite entries and sums over every shard; zero groups over the ranks that split
+        # the groups between them (a group spanning ranks has the same norm on each of them)
+        every, along = layout.groups(), layout.groups_along(d)
+        local = torch.cat([counts[:2], sums])
+        handles.append(
+            (reducer.add(local, every, layout.device), reducer.add(counts[2:], along, layout.device))
+        )
+    reduced = reducer.run()
+    per = []
+    rows = zip(named, tensors, dims, handles, strict=True)
+    for i, ((name, _, pen), w, d, (first, second)) in enumerate(rows):
+        zeros, nonfinite = int(reduced[first][0]), int(reduced[first][1])
+        l1, l2_squared = float(reduced[first][-2]), float(reduced[first][-1])
+        value = None if pen is None else factor * float(_distributed.total_value([values[i]], [w]))
+        per.append(
+            ParameterStats(
+                name=name,
+                shape=tuple(w.shape),
+                numel=w.numel(),
+                zeros=zeros,
+                zero_fraction=zeros / max(w.numel(), 1),
+                l1_norm=l1,
+                l2_norm=math.sqrt(l2_squared),
+                groups=math.prod(n for k, n in enumerate(w.shape) if k not in d),
+                zero_groups=int(reduced[second].sum()),
+                group_spec=str(specs[i]),
+                penalty=value,
+                finite=nonfinite == 0,
+            )
+        )
+    return per
+
+
 def parameter_stats(named: Sequence[tuple[str, torch.Tensor, Penalty | None]], factor: float = 1.0) -> Stats:
     """Compute :class:`Stats` for ``(name, parameter, penalty or None)`` triples.
 
     ``factor`` multiplies every penalty (a regularizer's schedule). Parameters holding NaN or inf
-    are listed in ``Stats.nonfinite`` and named in a ``RuntimeWarning``.
+    are listed in ``Stats.nonfinite`` and named in a ``RuntimeWarning``. With sharded parameters
+    (FSDP2) the statistics are global and the same on every rank (a collective: call it on every
+    rank).
     """
     with torch.no_grad():
-        per = [_one(name, p, pen, factor) for name, p, pen in named]
+        if has_dtensor([p for _, p, _ in named]):
+            per = _sharded(named, factor)
+        else:
+            per = [_one(name, p, pen, factor) for name, p, pen in named]
     numel = sum(p.numel for p in per)
     zeros = sum(p.zeros for p in per)
     has_penalty = any(p.penalty is not None for p in per)
