@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(
     not _fused.fused_available("cpu"), reason="no C++ compiler for torch.compile on this machine"
 )
 
-N = 3 * _fused.FUSED_MIN_TENSOR + 7  # large enough for the fused path, odd-sized
+N = _fused.FUSED_MIN_TENSOR + 7  # large enough for the fused path, odd-sized
 
 
 def _tensors(dtype):

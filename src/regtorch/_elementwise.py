@@ -161,6 +161,10 @@ class ElasticNet(Penalty):
         return cls(l1=alpha * ratio, l2=alpha * (1.0 - ratio) / 2.0)
 
     def _value_one(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.l2:
+            return self.l1 * sum_abs(tensor)
+        if not self.l1:
+            return self.l2 * sum_square(tensor)
         return self.l1 * sum_abs(tensor) + self.l2 * sum_square(tensor)
 
     def _grad_one(self, tensor: torch.Tensor) -> torch.Tensor:

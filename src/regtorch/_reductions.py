@@ -39,12 +39,16 @@ def result_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
 def _chunked(
     tensor: torch.Tensor,
     elementwise: Callable[[torch.Tensor, torch.Tensor], object],
+    direct: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     acc = accumulation_dtype(tensor.dtype)
     flat = tensor.detach().reshape(-1)
     n = flat.numel()
     if n == 0:
         return torch.zeros((), dtype=torch.float64, device=tensor.device)
+    if n <= CHUNK and direct is not None and tensor.dtype in (torch.float32, torch.float64):
+        # small: one temporary and one reduction
+        return direct(flat).sum().to(torch.float64)  # cascade summation: accurate at this size
     buffer = torch.empty(min(CHUNK, n), dtype=acc, device=tensor.device)
     partial = []
     for start in range(0, n, CHUNK):
@@ -62,12 +66,12 @@ def _chunked(
 
 def sum_abs(tensor: torch.Tensor) -> torch.Tensor:
     """Return Σ|t| as a float64 0-dim tensor, accurate to float64 accumulation of chunk sums."""
-    return _chunked(tensor, lambda piece, out: torch.abs(piece, out=out))
+    return _chunked(tensor, lambda piece, out: torch.abs(piece, out=out), torch.abs)
 
 
 def sum_square(tensor: torch.Tensor) -> torch.Tensor:
     """Return Σt² as a float64 0-dim tensor."""
-    return _chunked(tensor, lambda piece, out: torch.mul(piece, piece, out=out))
+    return _chunked(tensor, lambda piece, out: torch.mul(piece, piece, out=out), torch.square)
 
 
 def sum_abs_pow(tensor: torch.Tensor, p: float) -> torch.Tensor:

@@ -157,6 +157,7 @@ class Regularizer:
         self.num_steps = 0
         self._handles: list[AttachHandle] = []
         self._rules = self._resolve(model, penalty, params, exclude)
+        self._rule_of = {id(p): r for r in self._rules for p in r.params}
         self._sharded = has_dtensor(self.parameters())  # FSDP2 DTensor parameters
 
     # ----------------------------------------------------------------- construction
@@ -318,7 +319,7 @@ class Regularizer:
 
     def _selected_in(self, optimizer: torch.optim.Optimizer):
         """Yield ``(group, rule, params)`` for the regularized parameters each group holds."""
-        rule_of = {id(p): r for r in self._rules for p in r.params}
+        rule_of = self._rule_of
         for group in optimizer.param_groups:
             by_rule: dict[int, tuple[_Rule, list[torch.Tensor]]] = {}
             for p in group["params"]:
