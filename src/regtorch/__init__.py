@@ -5,6 +5,7 @@ lists of tensors; a :class:`Regularizer` binds them to a model's parameters and 
 ``loss``, ``grad`` or ``prox`` mode.
 """
 
+from regtorch._activity import ActivityRegularizer, ActivityStats, ModuleActivity
 from regtorch._elementwise import L1, L2, ElasticNet, Lp
 from regtorch._freeze import FrozenZeros, freeze_zeros
 from regtorch._group import GroupLasso
@@ -20,12 +21,15 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "L2",
+    "ActivityRegularizer",
+    "ActivityStats",
     "AttachHandle",
     "ElasticNet",
     "FrozenZeros",
     "GroupLasso",
     "LayerShrink",
     "Lp",
+    "ModuleActivity",
     "ParameterStats",
     "Penalty",
     "Regularizer",
