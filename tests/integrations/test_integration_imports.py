@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,10 @@ def test_importing_regtorch_imports_no_framework():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="CI must install the frameworks; a developer may not")
+@pytest.mark.parametrize("framework", ["lightning", "transformers", "accelerate", "tensorboard"])
+def test_ci_installs_the_frameworks(framework):
+    """Without these the integration tests would be skipped silently in CI."""
+    importlib.import_module(framework)
