@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunError as exc:
         if debug:
             raise
-        _say(prefix, str(exc))
+        _say(getattr(exc, "prog", prefix), str(exc))
         return exc.status
     except (ValueError, TypeError) as exc:
         if debug:

@@ -42,7 +42,9 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (a :class:`UsageError`), not usage + exit."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        exc = UsageError(f"{message} (see '{self.prog} --help')")
+        exc.prog = self.prog  # type: ignore[attr-defined]
+        raise exc
 
 
 def _number(text: str) -> float:

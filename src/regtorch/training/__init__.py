@@ -26,7 +26,8 @@ from regtorch.training._config import TrainConfig
 from regtorch.training._errors import RunError, RunFailed, UsageError
 from regtorch.training._loop import Callback, Trainer, TrainState, evaluate
 from regtorch.training._progress import Reporter
-from regtorch.training._run import Session, build_session, load_data, run_train
+from regtorch.training._run import run_train
+from regtorch.training._session import Session, build_session, load_data
 
 __all__ = [
     "Callback",

@@ -27,9 +27,9 @@ __all__ = [
     "resolve_device",
 ]
 
-# Below this many multiply-adds per training step, a second thread costs more in
+# Below this many floating-point operations per training step, a second thread costs more in
 # synchronisation than it gains (measured by benchmarks/train_throughput.py).
-_SMALL_STEP_FLOPS = 5e6
+_SMALL_STEP_FLOPS = 2e7
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,16 +156,22 @@ def build_regularizer(
         raise UsageError(str(exc)) from exc
 
 
-def step_flops(model: nn.Module, batch_size: int) -> float:
-    """Rough multiply-adds of one training step: 3 × parameters × batch (no conv reuse)."""
-    return 3.0 * batch_size * sum(p.numel() for p in model.parameters())
+def step_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> float:
+    """Return the floating-point operations of one training step: 3 × forward × batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros((1, *input_shape), device=device))
+    return 3.0 * counter.get_total_flops() * batch_size
 
 
-def choose_threads(cfg: TrainConfig, model: nn.Module) -> int:
+def choose_threads(cfg: TrainConfig, model: nn.Module, input_shape: Sequence[int]) -> int:
     """Return the number of intra-op threads for this run (``--threads``, else a guess).
 
-    Small steps (the tutorial MLP at small batches) run fastest on one thread; larger ones use
-    every core this process may run on.
+    Steps below ``_SMALL_STEP_FLOPS`` (the tutorial MLP at small batches, digits) run fastest
+    on one thread: a second one costs more in synchronisation than it gains, and far more when
+    another process holds the other core. Larger steps use every core this process may use.
     """
     if cfg.threads is not None:
         return cfg.threads
@@ -173,6 +179,6 @@ def choose_threads(cfg: TrainConfig, model: nn.Module) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    if cfg.model == "mlp" and step_flops(model, cfg.batch_size) < _SMALL_STEP_FLOPS:
+    if cores == 1 or step_flops(model, input_shape, cfg.batch_size) < _SMALL_STEP_FLOPS:
         return 1
-    return max(1, cores)
+    return cores

@@ -14,7 +14,7 @@ from regtorch.training._config import MODES, PENALTIES, TrainConfig
 from regtorch.training._errors import UsageError
 from regtorch.training._metrics import format_table
 from regtorch.training._progress import Reporter
-from regtorch.training._run import load_data, run_train
+from regtorch.training._run import run_train
 from regtorch.training._rundir import (
     check_out_dir,
     default_out_dir,
@@ -22,6 +22,7 @@ from regtorch.training._rundir import (
     read_json,
     write_run_config,
 )
+from regtorch.training._session import load_data
 
 __all__ = ["COMPARE_COLUMNS", "DEFAULT_CONFIGS", "format_compare_table", "parse_spec", "run_compare"]
 

@@ -208,6 +208,7 @@ class Trainer:
         self.reporter.start_bar(f"epoch {epoch}/{self.epochs}", steps)
         step_callbacks = [cb for cb in self.callbacks if type(cb).on_step_end is not Callback.on_step_end]
         log_every = self.log_every
+        bar_mask = (1 << max(0, (steps // 100).bit_length() - 1)) - 1  # ~100 bar updates
         window: list[torch.Tensor] = []
         epoch_sum = 0.0
         started = time.perf_counter()
@@ -222,8 +223,8 @@ class Trainer:
             if log_every and batch % log_every == 0:
                 epoch_sum += self._log_step(epoch, batch, window)
                 window = []
-            if not batch & 31:
-                self.reporter.advance(32)
+            if not batch & bar_mask:
+                self.reporter.advance(bar_mask + 1)
             if self.should_stop:
                 break
         if window:
@@ -241,10 +242,14 @@ class Trainer:
     def _check_finite(self, value: float, epoch: int, batch: int) -> None:
         if math.isfinite(value):
             return
+        kept = (
+            f"the last good checkpoint (epoch {self.state.epoch}) is kept"
+            if self.state.epoch
+            else "no epoch completed, so there is no checkpoint"
+        )
         raise RunFailed(
             f"the loss became {value} in epoch {epoch} (by mini-batch {batch}): training "
-            f"diverged; the last good checkpoint (epoch {self.state.epoch}) is kept; lower "
-            f"--lr (now {self.lr():g})"
+            f"diverged; {kept}; lower --lr (now {self.lr():g})"
         )
 
     def _log_step(self, epoch: int, batch: int, window: list[torch.Tensor]) -> float:

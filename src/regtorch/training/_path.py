@@ -27,7 +27,6 @@ from regtorch.training._errors import UsageError
 from regtorch.training._loop import Trainer, evaluate
 from regtorch.training._metrics import format_table, weight_sparsity
 from regtorch.training._progress import Reporter
-from regtorch.training._run import build_session, load_data
 from regtorch.training._rundir import (
     check_out_dir,
     default_out_dir,
@@ -35,6 +34,7 @@ from regtorch.training._rundir import (
     read_json,
     write_run_config,
 )
+from regtorch.training._session import build_session, load_data
 
 __all__ = ["PATH_COLUMNS", "estimate_max_strength", "format_path_table", "run_path", "strengths"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +12,7 @@ import torch
 from torch import nn
 
 import regtorch
-from regtorch.data import DataError, Dataset, load_dataset
-from regtorch.training._build import (
-    build_model,
-    build_optimizer,
-    build_regularizer,
-    build_scheduler,
-    choose_threads,
-    resolve_device,
-)
+from regtorch.data import Dataset
 from regtorch.training._checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -29,7 +20,7 @@ from regtorch.training._checkpoint import (
     save_checkpoint,
     write_json,
 )
-from regtorch.training._config import PENALTY_OPTIONS, TrainConfig
+from regtorch.training._config import TrainConfig
 from regtorch.training._errors import UsageError
 from regtorch.training._loop import Callback, Trainer, evaluate
 from regtorch.training._metrics import (
@@ -48,102 +39,12 @@ from regtorch.training._rundir import (
     read_json,
     write_run_config,
 )
+from regtorch.training._session import Session, build_session, warn_if_dominant
 
-__all__ = ["Session", "build_session", "load_data", "run_train", "summarize"]
+__all__ = ["auto_log_every", "result_line", "run_train", "summarize"]
 
 #: Options a resumed run may change; any other must match the run's config.json.
 RESUME_MAY_CHANGE = frozenset({"epochs", "log_every", "data_dir", "download", "label"})
-_DOMINANCE = 10.0
-
-
-@dataclass
-class Session:
-    """The live objects of a run, built from a resolved config by :func:`build_session`."""
-
-    cfg: TrainConfig
-    data: Dataset
-    device: torch.device
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    regularizer: regtorch.Regularizer | None
-    scheduler: Any
-    generator: torch.Generator
-    threads: int
-
-
-def load_data(cfg: TrainConfig) -> Dataset:
-    """Load ``cfg.dataset`` (a :class:`~regtorch.data.DataError` becomes a :class:`UsageError`)."""
-    try:
-        return load_dataset(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            download=cfg.download,
-            target=cfg.target,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            limit=cfg.limit,
-        )
-    except (DataError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
-
-
-def build_session(
-    cfg: TrainConfig, data: Dataset | None = None, *, penalty: regtorch.Penalty | None = None
-) -> Session:
-    """Build data, model (seeded by ``cfg.seed``), optimizer, regularizer and schedule.
-
-    Sets ``torch.set_num_threads`` to :func:`choose_threads`'s choice (callers restore it).
-    """
-    data = load_data(cfg) if data is None else data
-    device = resolve_device(cfg.device)
-    if device.type != "cpu":
-        data = data.to(device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
-    threads = choose_threads(cfg, model)
-    torch.set_num_threads(threads)
-    optimizer = build_optimizer(cfg, model)
-    regularizer = build_regularizer(cfg, model, penalty)
-    if regularizer is not None and regularizer.mode != "loss":
-        try:
-            regularizer.attach(optimizer)
-        except (ValueError, TypeError) as exc:
-            raise UsageError(str(exc)) from exc
-    scheduler = build_scheduler(cfg, optimizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads)
-
-
-def _strength_hint(cfg: TrainConfig) -> str:
-    options = [o for o in PENALTY_OPTIONS[cfg.penalty] if o not in ("l1_ratio", "p", "groups")]
-    if cfg.penalty == "elasticnet":
-        options = ["alpha"] if cfg.alpha is not None else ["l1", "l2"]
-    return "/".join("--" + o for o in options)
-
-
-def warn_if_dominant(session: Session, reporter: Reporter) -> float | None:
-    """Warn when the initial penalty exceeds 10× the initial data loss; return the ratio.
-
-    Not in prox mode with an adaptive optimizer (Adam, AdamW, RMSprop): there the prox step
-    ``lr·λ`` competes with steps of about ``lr`` per weight, not with the data loss's gradient,
-    so the ratio of the two values predicts nothing.
-    """
-    if session.regularizer is None:
-        return None
-    if session.regularizer.mode == "prox" and session.cfg.optimizer in ("adam", "adamw", "rmsprop"):
-        return None
-    data = session.data
-    n = min(2048, int(data.x_train.shape[0]))
-    data_loss, _ = evaluate(session.model, data.x_train[:n], data.y_train[:n])
-    penalty = sum(PenaltyParts(session.regularizer).values().values())
-    ratio = penalty / max(data_loss, 1e-12)
-    if ratio > _DOMINANCE:
-        reporter.warn(
-            f"at the start the penalty ({penalty:.4g}) is {ratio:.0f}x the data loss "
-            f"({data_loss:.4g}): the regularization will dominate; weights will collapse — "
-            f"lower {_strength_hint(session.cfg)}"
-        )
-    return ratio
 
 
 def _resume_config(

@@ -79,6 +79,10 @@ def check_out_dir(path: Path, *, resume: bool, overwrite: bool, command: str) ->
             raise UsageError(
                 f"--resume: '{path}' holds no run to resume (no config.json); choose an empty or new --out"
             )
+        previous = read_json(path / "config.json")
+        if not isinstance(previous, dict) or previous.get("command") != command:
+            other = previous.get("command") if isinstance(previous, dict) else None
+            raise UsageError(f"--resume: '{path}' holds a regtorch {other} run, not {command}")
         return "resume"
     if overwrite:
         if not _is_run_dir(path):
@@ -89,7 +93,7 @@ def check_out_dir(path: Path, *, resume: bool, overwrite: bool, command: str) ->
         return "overwrite"
     raise UsageError(
         f"the output folder '{path}' is not empty; pass --resume to continue the run in it, "
-        f"--overwrite to replace it, or choose another --out (regtorch {command})"
+        "--overwrite to replace it, or choose another --out"
     )
 
 

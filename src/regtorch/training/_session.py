@@ -1,0 +1,119 @@
+"""The live objects of a run: data, model, optimizer, regularizer, schedule, and the start check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import regtorch
+from regtorch.data import DataError, Dataset, load_dataset
+from regtorch.training._build import (
+    build_model,
+    build_optimizer,
+    build_regularizer,
+    build_scheduler,
+    choose_threads,
+    resolve_device,
+)
+from regtorch.training._config import PENALTY_OPTIONS, TrainConfig
+from regtorch.training._errors import UsageError
+from regtorch.training._loop import evaluate
+from regtorch.training._metrics import PenaltyParts
+from regtorch.training._progress import Reporter
+
+__all__ = ["Session", "build_session", "load_data", "warn_if_dominant"]
+
+_DOMINANCE = 10.0
+
+
+@dataclass
+class Session:
+    """The live objects of a run, built from a resolved config by :func:`build_session`."""
+
+    cfg: TrainConfig
+    data: Dataset
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    regularizer: regtorch.Regularizer | None
+    scheduler: Any
+    generator: torch.Generator
+    threads: int
+
+
+def load_data(cfg: TrainConfig) -> Dataset:
+    """Load ``cfg.dataset`` (a :class:`~regtorch.data.DataError` becomes a :class:`UsageError`)."""
+    try:
+        return load_dataset(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            target=cfg.target,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            limit=cfg.limit,
+        )
+    except (DataError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def build_session(
+    cfg: TrainConfig, data: Dataset | None = None, *, penalty: regtorch.Penalty | None = None
+) -> Session:
+    """Build data, model (seeded by ``cfg.seed``), optimizer, regularizer and schedule.
+
+    Sets ``torch.set_num_threads`` to :func:`choose_threads`'s choice (callers restore it).
+    """
+    data = load_data(cfg) if data is None else data
+    device = resolve_device(cfg.device)
+    if device.type != "cpu":
+        data = data.to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    threads = choose_threads(cfg, model, data.input_shape)
+    torch.set_num_threads(threads)
+    optimizer = build_optimizer(cfg, model)
+    regularizer = build_regularizer(cfg, model, penalty)
+    if regularizer is not None and regularizer.mode != "loss":
+        try:
+            regularizer.attach(optimizer)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from exc
+    scheduler = build_scheduler(cfg, optimizer)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads)
+
+
+def _strength_hint(cfg: TrainConfig) -> str:
+    options = [o for o in PENALTY_OPTIONS[cfg.penalty] if o not in ("l1_ratio", "p", "groups")]
+    if cfg.penalty == "elasticnet":
+        options = ["alpha"] if cfg.alpha is not None else ["l1", "l2"]
+    return "/".join("--" + o for o in options)
+
+
+def warn_if_dominant(session: Session, reporter: Reporter) -> float | None:
+    """Warn when the initial penalty exceeds 10× the initial data loss; return the ratio.
+
+    Not in prox mode with an adaptive optimizer (Adam, AdamW, RMSprop): there the prox step
+    ``lr·λ`` competes with steps of about ``lr`` per weight, not with the data loss's gradient,
+    so the ratio of the two values predicts nothing.
+    """
+    if session.regularizer is None:
+        return None
+    if session.regularizer.mode == "prox" and session.cfg.optimizer in ("adam", "adamw", "rmsprop"):
+        return None
+    data = session.data
+    n = min(2048, int(data.x_train.shape[0]))
+    data_loss, _ = evaluate(session.model, data.x_train[:n], data.y_train[:n])
+    penalty = sum(PenaltyParts(session.regularizer).values().values())
+    ratio = penalty / max(data_loss, 1e-12)
+    if ratio > _DOMINANCE:
+        reporter.warn(
+            f"at the start the penalty ({penalty:.4g}) is {ratio:.0f}x the data loss "
+            f"({data_loss:.4g}): the regularization will dominate; weights will collapse — "
+            f"lower {_strength_hint(session.cfg)}"
+        )
+    return ratio
