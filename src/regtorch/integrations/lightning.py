@@ -69,8 +69,9 @@ class Regularization(_pl.Callback):
     restored with ``trainer.fit(..., ckpt_path=...)``.
 
     Under ``strategy="ddp"`` every process holds the same parameters, so every process applies the
-    same penalty and the replicas stay equal. Sharded strategies (FSDP, DeepSpeed) flatten
-    parameters and are not supported.
+    same penalty and the replicas stay equal. Sharded strategies (FSDP, DeepSpeed) are not
+    tested through this callback: DeepSpeed and FSDP1 flatten the parameters, so the selection by
+    module type and shape does not see the user's tensors.
 
     Args:
         penalty: A :class:`regtorch.Penalty`, or a list of ``(selection, penalty)`` rules.
