@@ -48,6 +48,7 @@ __all__ = [
     "add_grads_",
     "dtensor_type",
     "full_group_norms",
+    "fully_sharded",
     "gradients",
     "group_norms_across",
     "has_dtensor",
@@ -77,6 +78,13 @@ def has_dtensor(tensors: Sequence[object]) -> bool:
     """Return whether any of ``tensors`` is a ``DTensor``: the one check plain-tensor code paths pay."""
     cls = dtensor_type()
     return cls is not None and any(issubclass(kind, cls) for kind in set(map(type, tensors)))
+
+
+def fully_sharded(module: Any) -> bool:
+    """Return whether ``module`` or a submodule went through FSDP2's ``fully_shard``."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    cls = None if fsdp is None else getattr(fsdp, "FSDPModule", None)
+    return cls is not None and any(isinstance(m, cls) for m in module.modules())
 
 
 # ----------------------------------------------------------------------------- layouts

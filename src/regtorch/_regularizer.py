@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from regtorch import _distributed
-from regtorch._distributed import has_dtensor, local_views
+from regtorch._distributed import fully_sharded, has_dtensor, local_views
 from regtorch._metric_prox import (
     PROX_METRICS,
     adam_denominators,
@@ -159,6 +160,8 @@ class Regularizer:
         self._rules = self._resolve(model, penalty, params, exclude)
         self._rule_of = {id(p): r for r in self._rules for p in r.params}
         self._sharded = has_dtensor(self.parameters())  # FSDP2 DTensor parameters
+        # checked once (first penalty() or attach()): fully_shard after this replaced the parameters
+        self._unchecked_model = None if self._sharded else weakref.ref(model)
 
     # ----------------------------------------------------------------- construction
     def _resolve(self, model, penalty, params, exclude) -> list[_Rule]:
@@ -244,6 +247,8 @@ class Regularizer:
         detached, for logging. With sharded parameters (FSDP2) it is the global value, the same on
         every rank: local sums on the shards and one all-reduce for all rules (call it on every rank).
         """
+        if self._unchecked_model is not None:
+            self._check_not_resharded()
         factor = self.factor()
         if self._sharded:
             penalties = [r.penalty for r in self._rules for _ in r.params]
@@ -262,6 +267,16 @@ class Regularizer:
         for value in values[1:]:
             total = total + value.to(total.device)
         return total * factor if factor != 1.0 else total
+
+    def _check_not_resharded(self) -> None:
+        model = self._unchecked_model()  # type: ignore[misc]
+        self._unchecked_model = None
+        if model is not None and fully_sharded(model):
+            raise ValueError(
+                "The model was sharded by FSDP2 (fully_shard) after this Regularizer was built, so "
+                "it holds the parameters fully_shard replaced. Build the Regularizer (and the "
+                "optimizer) after fully_shard."
+            )
 
     def stats(self) -> Stats:
         """Return per-parameter penalty, norms, exact zeros and zero groups, with totals."""
@@ -299,6 +314,8 @@ class Regularizer:
             )
         if self.prox_metric == "adam":
             check_metric_optimizer(optimizer)
+        if self._unchecked_model is not None:
+            self._check_not_resharded()
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in self.named_parameters() if id(p) not in held]
         if len(missing) == len(self.parameters()) or (missing and not partial):

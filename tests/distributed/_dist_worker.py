@@ -121,6 +121,17 @@ def _communication(name: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _built_before_fully_shard() -> str:
+    model = make_model()
+    reg = rt.Regularizer(model, rt.L1(0.1))
+    _fsdp(model)
+    try:
+        reg.penalty()
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
 def _guarded(function: Any, *args: Any) -> Any:
     try:
         return function(*args)
@@ -150,6 +161,7 @@ def main(kind: str, rank: int, port: int, out: Path) -> None:
                 results["single"][layout, name] = _guarded(
                     lambda la=layout, n=name: single(_sharded_weight(la), n)
                 )
+        results["stale"] = _guarded(_built_before_fully_shard)
         results["communication"] = {n: _guarded(_communication, n) for n in PENALTIES}
         model = _fsdp(make_model())
         results["layouts"] = {

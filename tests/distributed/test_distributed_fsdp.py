@@ -114,6 +114,11 @@ def test_communication(ranks, name) -> None:
         assert counts["grad"] == counts["prox"] == (HOOK_ALL_REDUCES[name], 0)
 
 
+def test_a_regularizer_built_before_fully_shard_is_refused(ranks) -> None:
+    for rank in ranks:
+        assert "Build the Regularizer (and the optimizer) after fully_shard" in rank["stale"]
+
+
 def test_layouts_are_the_ones_tested(ranks) -> None:
     """FSDP2 splits Linear(6→5) rows 3/2 and Linear(5→3) rows 2/1: uneven shards are covered."""
     shards = {name: shape for name, (_, shape) in ranks[0]["layouts"].items()}
