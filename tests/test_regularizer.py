@@ -356,3 +356,28 @@ def test_complex_parameters_refused() -> None:
     model.weight = nn.Parameter(torch.randn(2, 2, dtype=torch.complex64))
     with pytest.raises(TypeError, match=r"parameter 'weight' has dtype torch.complex64"):
         rt.Regularizer(model, rt.L1(0.1))
+
+
+@pytest.mark.parametrize("as_keyword", [False, True])
+def test_grad_mode_with_step_closure_adds_the_penalty_after_the_closure(as_keyword) -> None:
+    x, y = _batch()
+    ours, reference = _model(), _model()
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    rt.regularize(ours, opt, rt.L2(0.5), mode="grad")
+    ref_reg = rt.Regularizer(reference, rt.L2(0.5))
+
+    def closure():
+        opt.zero_grad()
+        loss = _data_loss(ours, x, y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        loss = opt.step(closure=closure) if as_keyword else opt.step(closure)
+        assert loss is not None
+        ref_opt.zero_grad()
+        (_data_loss(reference, x, y) + ref_reg.penalty()).backward()
+        ref_opt.step()
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)

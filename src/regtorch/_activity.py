@@ -132,7 +132,7 @@ class ActivityRegularizer:
             :class:`Penalty`.
         ValueError: For no modules, the same module twice, or a negative ``batch_dim``.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> act = ActivityRegularizer(model[1], L1(1e-3))
         >>> loss = loss_fn(model(x), y) + act.penalty()  # doctest: +SKIP

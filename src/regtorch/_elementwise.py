@@ -39,7 +39,7 @@ class L1(Penalty):
     Args:
         strength: λ >= 0 (Keras' ``l1``; scikit-learn's ``alpha`` for a data term ½·MSE).
 
-    Example:
+    Examples:
         >>> L1(0.1).value(torch.tensor([1.0, -2.0]))
         tensor(0.3000)
     """

@@ -133,7 +133,7 @@ def freeze_zeros(
         ValueError: If ``atol`` is negative or not finite, ``params`` selects nothing, or the
             optimizer updates none of the selected parameters.
 
-    Example:
+    Examples:
         >>> frozen = freeze_zeros(model, optimizer)  # doctest: +SKIP
         >>> for x, y in loader:  # doctest: +SKIP
         ...     optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()

@@ -109,7 +109,7 @@ class Regularizer:
             ``prox_metric="adam"`` outside prox mode or with a group penalty.
         TypeError: For a penalty that is not a :class:`Penalty`, or complex/integer parameters.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> reg = Regularizer(model, L1(1e-3), mode="prox")
@@ -346,7 +346,24 @@ class Regularizer:
             for rule, params in by_rule.values():
                 yield group, rule, params
 
-    def _grad_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _grad_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        # ``args`` is the step's full argument tuple: (optimizer, closure?) — the closure, if any,
+        # is args[1] or kwargs["closure"].
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is not None:
+            # step(closure) computes the gradients inside the closure: add ∂R right after it runs.
+            def closure_then_penalty() -> Any:
+                loss = closure()
+                self._add_penalty_grads(optimizer)
+                return loss
+
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": closure_then_penalty}
+            return (args[0], closure_then_penalty, *args[2:]), kwargs
+        self._add_penalty_grads(optimizer)
+        return None
+
+    def _add_penalty_grads(self, optimizer: torch.optim.Optimizer) -> None:
         factor = self.factor()
         if factor == 0:
             return
@@ -448,7 +465,7 @@ def regularize(
 
     In loss mode, remember to add ``reg.penalty()`` to the loss.
 
-    Example:
+    Examples:
         >>> reg = regularize(model, optimizer, ElasticNet(l1=1e-5, l2=1e-4), mode="prox")
     """
     reg = Regularizer(model, penalty, params=params, mode=mode, **kwargs)

@@ -182,7 +182,7 @@ def select_parameters(
         TypeError: For a selection of an unknown kind, or a complex or integer parameter.
         ValueError: If the selection matches no trainable parameter.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2))
         >>> [name for name, _ in select_parameters(model)]
         ['0.weight', '2.weight']

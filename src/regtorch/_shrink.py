@@ -308,7 +308,7 @@ def shrink(
             missing, or the model cannot run it.
         RuntimeError: If ``inplace=False`` and the model cannot be deep-copied.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> with torch.no_grad():
         ...     model[0].weight[:5] = 0

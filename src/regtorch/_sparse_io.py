@@ -205,7 +205,7 @@ def save_sparse(
             tensors, or ``path`` is not a str or path-like.
         FileNotFoundError: If the folder of ``path`` does not exist.
 
-    Example:
+    Examples:
         >>> info = save_sparse(model, "model.rts")  # doctest: +SKIP
         >>> model.load_state_dict(load_sparse("model.rts"))  # doctest: +SKIP
     """

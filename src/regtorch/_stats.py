@@ -252,7 +252,7 @@ def sparsity(model: nn.Module, params: Selection = "weights", *, exclude: Select
         :class:`Stats` with per-parameter exact-zero counts, zero rows (dead output neurons or
         filters) and norms, and totals.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(3, 2)
         >>> with torch.no_grad():
         ...     model.weight.zero_()

@@ -1,6 +1,6 @@
 """Data loading for regtorch: standard data sets as in-memory tensors, IDX files, batching.
 
-Example:
+Examples:
     >>> from regtorch.data import load_dataset, iterate_batches
     >>> ds = load_dataset("digits", val_fraction=0.1, seed=0)
     >>> ds.x_train.shape, ds.num_classes

@@ -34,7 +34,7 @@ def iterate_batches(
     ``Dataset``/``DataLoader`` machinery is involved. Every index appears exactly once per
     epoch, except the last ``n % batch_size`` ones when ``drop_last`` is set.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> for epoch in range(2):
         ...     for idx in iterate_batches(len(x), 128, shuffle=True, generator=g):

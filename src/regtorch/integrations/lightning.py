@@ -4,7 +4,7 @@ Requires Lightning (``pip install 'regtorch[lightning]'``). Use it with ``lightn
 (``import lightning.pytorch as pl``); the older standalone ``pytorch_lightning`` package has its
 own ``Callback`` class, which this callback does not subclass.
 
-Example:
+Examples:
     >>> import lightning.pytorch as pl
     >>> from regtorch import L1
     >>> from regtorch.integrations.lightning import Regularization
@@ -88,7 +88,7 @@ class Regularization(_pl.Callback):
         ValueError: For an unknown ``mode``.
         TypeError: For a ``penalty`` that is neither a Penalty nor a list of rules.
 
-    Example:
+    Examples:
         >>> from regtorch import GroupLasso
         >>> cb = Regularization(GroupLasso(1e-3, groups="rows"), mode="prox")
         >>> trainer = pl.Trainer(max_epochs=5, callbacks=[cb])  # doctest: +SKIP

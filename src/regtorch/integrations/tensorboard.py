@@ -3,7 +3,7 @@
 Requires the ``tensorboard`` package (``pip install tensorboard``, included in
 ``regtorch[cli]``/``regtorch[all]``); it is imported when a :class:`TensorBoardLogger` is created.
 
-Example:
+Examples:
     >>> from regtorch.integrations.tensorboard import TensorBoardLogger
     >>> with TensorBoardLogger("runs/exp1") as tb:  # doctest: +SKIP
     ...     tb.log_scalars(step, {"loss": loss, "penalty": reg.penalty()})

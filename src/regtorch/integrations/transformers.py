@@ -2,7 +2,7 @@
 
 Requires transformers and accelerate (``pip install 'regtorch[hf]'``).
 
-Example:
+Examples:
     >>> from transformers import Trainer
     >>> from regtorch import L1
     >>> from regtorch.integrations.transformers import RegularizationCallback
