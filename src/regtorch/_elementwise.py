@@ -253,6 +253,11 @@ class Lp(Penalty):
     def supports_prox(self) -> bool:
         return not self.root or self.prox_plan() is not None
 
+    @property
+    def separable(self) -> bool:
+        """Without ``root`` the penalty is a sum over entries: shards are handled locally."""
+        return not self.root
+
     def _prox_one_(self, tensor: torch.Tensor, step: float) -> None:
         if self.root:
             raise ValueError(
