@@ -179,3 +179,25 @@ def test_mnist_slice(cli, tmp_path):
     assert summary["n_train"] == 1800 and summary["n_test"] == 2000
     assert summary["layers"][0]["shape"] == [64, 784]
     assert summary["test_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_compare_with_no_arguments_is_the_readme_job(cli, tmp_path, monkeypatch):
+    """The README's main job: defaults only, a new folder under runs/, the table and the plot."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("compare")
+    assert result.status == 0, result
+    (out,) = (tmp_path / "runs").iterdir()
+    assert out.name.startswith("compare-")
+    assert_png(out / "compare.png")
+    rows = {r["config"]: r for r in read_csv(out / "compare.csv")}
+    assert list(rows) == ["none", "l1", "l2", "elasticnet", "elasticnet-prox", "group-prox"]
+    for row in rows.values():
+        assert float(row["test_accuracy"]) > 0.9
+    zeros = {name: float(r["zero_fraction"]) for name, r in rows.items()}
+    assert zeros["none"] == zeros["l1"] == zeros["l2"] == zeros["elasticnet"] == 0.0
+    assert zeros["elasticnet-prox"] > 0.3 and int(rows["group-prox"]["zero_neurons"]) > 20
+    # Loss and prox modes minimize the same objective: same accuracy within a point.
+    gap = float(rows["elasticnet"]["test_accuracy"]) - float(rows["elasticnet-prox"]["test_accuracy"])
+    assert abs(gap) < 0.01
+    assert f"Wrote {Path('runs') / out.name / 'compare.csv'}" in result.out

@@ -6,7 +6,7 @@ mode. Each piece is built by its own function (:func:`build_model`, :func:`build
 :func:`build_regularizer`, :func:`build_scheduler`) and the loop offers :class:`Callback` hooks,
 so other programs can reuse or replace them.
 
-Example:
+Examples:
     >>> from regtorch.training import TrainConfig, run_train
     >>> summary = run_train(TrainConfig(penalty="l1", epochs=2), "runs/example")
     >>> summary["test_accuracy"], summary["zero_fraction"]

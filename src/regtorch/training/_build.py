@@ -29,7 +29,7 @@ __all__ = [
 
 # Below this many floating-point operations per training step, a second thread costs more in
 # synchronisation than it gains (measured by benchmarks/train_throughput.py).
-_SMALL_STEP_FLOPS = 2e7
+_SMALL_STEP_FLOPS = 5e7
 
 
 def resolve_device(name: str) -> torch.device:

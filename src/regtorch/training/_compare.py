@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from regtorch.training._build import build_penalty
 from regtorch.training._checkpoint import atomic_write
 from regtorch.training._config import MODES, PENALTIES, TrainConfig
 from regtorch.training._errors import UsageError
@@ -251,7 +252,9 @@ def run_compare(
     for index, cfg in enumerate(configs, start=1):
         folder = _folder_name(cfg.label, taken)
         run_dir = out / folder
-        reporter.line(f"[{index}/{len(configs)}] {cfg.label}: {cfg.penalty} ({cfg.mode} mode)")
+        penalty = build_penalty(cfg)
+        what = "no penalty" if penalty is None else f"{penalty!r}, {cfg.mode} mode"
+        reporter.line(f"[{index}/{len(configs)}] {cfg.label}: {what}")
         summary = run_train(cfg, run_dir, resume=run_dir.exists(), reporter=child, plots=False, data=data)
         rows.append(_row(cfg.label, summary, folder))
         reporter.line(

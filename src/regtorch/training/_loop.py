@@ -20,8 +20,6 @@ from regtorch.training._progress import Reporter
 
 __all__ = ["Callback", "TrainState", "Trainer", "evaluate"]
 
-# Data sets up to this size are re-ordered once per epoch so each batch is a free slice.
-_GATHER_LIMIT_BYTES = 512 * 2**20
 _EVAL_CHUNK = 4096
 
 
@@ -148,16 +146,25 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step_fn = step_fn or self.train_step
         self._loss_mode = regularizer is not None and regularizer.mode == "loss"
+        self._params: list[torch.Tensor] = []
+        self._params_of: torch.optim.Optimizer | None = None
 
     # ----------------------------------------------------------------- the step
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Run one optimizer step on a batch; return its data loss (detached, not synced)."""
         loss = F.cross_entropy(self.model(xb), yb)
         total = loss + self.regularizer.penalty() if self._loss_mode else loss
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self._grad_params():  # zero_grad(set_to_none=True), minus its overhead
+            p.grad = None
         total.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def _grad_params(self) -> list[torch.Tensor]:
+        if self._params_of is not self.optimizer:  # the optimizer was rebuilt
+            self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self._params_of = self.optimizer
+        return self._params
 
     def lr(self) -> float:
         """Return the first parameter group's current learning rate."""
@@ -187,57 +194,67 @@ class Trainer:
         return self.history
 
     def _batches(self):
-        n = int(self.x_train.shape[0])
-        index_batches = iterate_batches(n, self.batch_size, shuffle=True, generator=self.generator)
+        """Yield the epoch's shuffled mini-batches, gathered by ``index_select`` one at a time.
+
+        (Gathering the whole permuted epoch first is slower: it writes a fresh data-sized
+        buffer, while batch-sized gathers stay in cache for the forward pass.)
+        """
         x, y = self.x_train, self.y_train
         device = x.device
-        if x.numel() * x.element_size() > _GATHER_LIMIT_BYTES:
-            for idx in index_batches:
-                idx = idx.to(device)
-                yield x[idx], y[idx]
-            return
-        order = torch.cat(list(index_batches)).to(device)
-        xs, ys = x[order], y[order]
-        for start in range(0, n, self.batch_size):
-            yield xs[start : start + self.batch_size], ys[start : start + self.batch_size]
+        order = iterate_batches(int(x.shape[0]), self.batch_size, shuffle=True,
+                                generator=self.generator)  # fmt: skip
+        for idx in order:
+            if idx.device != device:
+                idx = idx.to(device, non_blocking=True)
+            yield x.index_select(0, idx), y.index_select(0, idx)
 
     def _run_epoch(self, epoch: int) -> None:
         n = int(self.x_train.shape[0])
         steps = math.ceil(n / self.batch_size)
         self.reporter.line(f"Starting epoch {epoch}/{self.epochs}")
         self.reporter.start_bar(f"epoch {epoch}/{self.epochs}", steps)
-        step_callbacks = [cb for cb in self.callbacks if type(cb).on_step_end is not Callback.on_step_end]
-        log_every = self.log_every
-        bar_mask = (1 << max(0, (steps // 100).bit_length() - 1)) - 1  # ~100 bar updates
-        window: list[torch.Tensor] = []
-        epoch_sum = 0.0
         started = time.perf_counter()
-        batch = 0
-        for xb, yb in self._batches():
-            loss = self.step_fn(xb, yb)
-            window.append(loss)
-            batch += 1
-            self.state.step += 1
-            for cb in step_callbacks:
-                cb.on_step_end(self, loss)
-            if log_every and batch % log_every == 0:
-                epoch_sum += self._log_step(epoch, batch, window)
-                window = []
-            if not batch & bar_mask:
-                self.reporter.advance(bar_mask + 1)
-            if self.should_stop:
-                break
-        if window:
-            mean = float(torch.stack(window).sum()) / len(window)
-            epoch_sum += mean * len(window)
+        try:
+            batch, epoch_sum = self._train_batches(epoch, steps)
+        finally:
+            self.reporter.close_bar()
         train_time = time.perf_counter() - started
-        self.reporter.close_bar()
         self.state.train_time_s += train_time
         self.state.samples += min(n, batch * self.batch_size)
         if self.should_stop and batch < steps:
             return  # an interrupted epoch is neither evaluated nor checkpointed
         self._check_finite(epoch_sum, epoch, batch)
         self._end_epoch(epoch, epoch_sum / max(batch, 1), train_time)
+
+    def _train_batches(self, epoch: int, steps: int) -> tuple[int, float]:
+        """Run the epoch's optimizer steps; return the batches done and their summed loss."""
+        step_callbacks = [cb for cb in self.callbacks if type(cb).on_step_end is not Callback.on_step_end]
+        log_every = self.log_every
+        bar_mask = (1 << max(0, (steps // 100).bit_length() - 1)) - 1  # ~100 bar updates
+        window: list[torch.Tensor] = []  # data losses since the last log line, on device
+        count = 0
+        epoch_sum = 0.0
+        batch = 0
+        for xb, yb in self._batches():
+            loss = self.step_fn(xb, yb)
+            window.append(loss)
+            count += 1
+            batch += 1
+            self.state.step += 1
+            for cb in step_callbacks:
+                cb.on_step_end(self, loss)
+            if log_every and batch % log_every == 0:
+                epoch_sum += self._log_step(epoch, batch, window, count)
+                window, count = [], 0
+            elif len(window) == 1024:  # keep few tensors alive between log steps
+                window = [torch.stack(window).sum()]
+            if not batch & bar_mask:
+                self.reporter.advance(bar_mask + 1)
+            if self.should_stop:
+                break
+        if window:
+            epoch_sum += float(torch.stack(window).sum())
+        return batch, epoch_sum
 
     def _check_finite(self, value: float, epoch: int, batch: int) -> None:
         if math.isfinite(value):
@@ -252,9 +269,9 @@ class Trainer:
             f"diverged; {kept}; lower --lr (now {self.lr():g})"
         )
 
-    def _log_step(self, epoch: int, batch: int, window: list[torch.Tensor]) -> float:
+    def _log_step(self, epoch: int, batch: int, window: list[torch.Tensor], count: int) -> float:
         total = float(torch.stack(window).sum())
-        data_loss = total / len(window)
+        data_loss = total / count
         self._check_finite(data_loss, epoch, batch)
         parts = self.parts.values()
         penalty = sum(parts.values())
