@@ -18,8 +18,8 @@ __all__ = ["COMMANDS", "COMPARE_DEFAULTS", "PATH_DEFAULTS"]
 #: Defaults of ``regtorch compare`` that differ from ``train``'s: plain SGD, where a strength
 #: means the same in loss and prox modes, long enough for the penalties to act on digits.
 COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 30, "l1": 2e-3, "l2": 3e-3, "strength": 0.02}
-#: Defaults of ``regtorch path``: L1 in prox mode (exact zeros), 5 epochs per strength.
-PATH_DEFAULTS: dict[str, Any] = {"penalty": "l1", "mode": "prox", "epochs": 5}
+#: Defaults of ``regtorch path``: L1 in prox mode (exact zeros), 10 epochs per strength.
+PATH_DEFAULTS: dict[str, Any] = {"penalty": "l1", "mode": "prox", "epochs": 10}
 _PLAIN_SGD: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.0, "lr": 0.1}
 
 

@@ -34,7 +34,7 @@ DEFAULT_HIDDEN = {"mlp": (64, 32), "cnn": (64,)}
 #: Strengths used when a penalty is chosen without one. They are sums over all regularized
 #: weights added to the mean cross-entropy of a batch (so they do not depend on the batch size);
 #: on the default MLP they leave accuracy intact and make the penalty's effect visible.
-DEFAULT_STRENGTH = {"l1": 1e-4, "l2": 1e-3, "strength": 1e-3, "p": 1.5, "l1_ratio": 0.5}
+DEFAULT_STRENGTH = {"l1": 1e-3, "l2": 1e-3, "strength": 1e-2, "p": 1.5, "l1_ratio": 0.5}
 
 # Which strength options each penalty reads (others are an error in `regtorch train`).
 PENALTY_OPTIONS = {
