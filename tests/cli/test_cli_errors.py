@@ -146,3 +146,8 @@ def test_resume_of_another_command_and_compare_errors(cli, tmp_path):
 def test_no_command(cli):
     assert_one_line(cli(), 2, "required: COMMAND")
     assert cli("--version").status == 0
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "path"])
+def test_resume_needs_out(cli, command):
+    assert_one_line(cli(command, "--resume"), 2, "--resume needs --out")

@@ -168,3 +168,17 @@ def test_python_dash_m(tmp_path):
     )
     assert help_text.returncode == 0
     assert "train" in help_text.stdout and "compare" in help_text.stdout
+
+
+def test_compile_option_compiles_the_training_forward(cli, tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(model, **kwargs):  # the real one costs ~10 s here; check the wiring only
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = cli("train", *FAST, "--compile", "--quiet", "--out", tmp_path)
+    assert result.status == 0, result
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "Sequential"
+    assert read_json(tmp_path / "config.json")["config"]["compile"] is True

@@ -28,6 +28,11 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in CONFIG_OPTIONS if hasattr(args, name)}
 
 
+def _check_resume(args: argparse.Namespace) -> None:
+    if getattr(args, "resume", False) and args.out is None:
+        raise UsageError("--resume needs --out RUN_DIR: the folder of the run to continue")
+
+
 def _reporter(args: argparse.Namespace) -> Reporter:
     return Reporter(sys.stderr if args.json else sys.stdout, quiet=args.quiet)
 
@@ -39,6 +44,7 @@ def _emit_json(args: argparse.Namespace, payload: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``regtorch train``: one configuration."""
+    _check_resume(args)
     from regtorch.training._run import run_train
 
     given = _given(args)
@@ -69,6 +75,7 @@ def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str,
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``regtorch compare``: several configurations, one table."""
+    _check_resume(args)
     from regtorch.training._compare import run_compare
 
     given = _given(args)
@@ -90,6 +97,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_path(args: argparse.Namespace) -> int:
     """``regtorch path``: a regularization path."""
+    _check_resume(args)
     from regtorch.training._path import run_path
 
     given = _given(args)

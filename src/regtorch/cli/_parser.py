@@ -34,7 +34,7 @@ CONFIG_OPTIONS = (
     "step_size", "gamma", "seed",
     "penalty", "l1", "l2", "alpha", "l1_ratio", "p", "strength", "groups", "params", "mode",
     "step_factor",
-    "log_every", "threads", "device", "fused",
+    "log_every", "threads", "device", "fused", "compile",
 )  # fmt: skip
 
 
@@ -284,6 +284,13 @@ def _output_options(parser: argparse.ArgumentParser, resumable: bool = True) -> 
         "--threads", type=count, default=S, help="CPU threads (default: 1 for small models, else all cores)"
     )
     g.add_argument("--device", choices=("cpu", "cuda", "auto"), default=S, help="(default cpu)")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=S,
+        help="torch.compile the model's training forward and backward (slower for the small "
+        "models here; try it on large ones)",
+    )
     g.add_argument(
         "--no-fused",
         dest="fused",

@@ -101,8 +101,9 @@ class Trainer:
         checkpoint: Called with the trainer after each completed epoch.
         x_val: Validation inputs, or None.
         y_val: Validation labels, or None.
-        step_fn: Replace the train step (e.g. a compiled one); gets ``(x, y)``, returns the
-            detached data loss.
+        step_fn: Replace the train step; gets ``(x, y)``, returns the detached data loss.
+        forward: What computes the logits in training steps (default ``model``; e.g.
+            ``torch.compile(model)``). Evaluation always uses ``model``.
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class Trainer:
         x_val: torch.Tensor | None = None,
         y_val: torch.Tensor | None = None,
         step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -145,6 +147,7 @@ class Trainer:
         self.parts = PenaltyParts(regularizer)
         self.history: list[dict[str, Any]] = []
         self.step_fn = step_fn or self.train_step
+        self.forward = forward or model
         self._loss_mode = regularizer is not None and regularizer.mode == "loss"
         self._params: list[torch.Tensor] = []
         self._params_of: torch.optim.Optimizer | None = None
@@ -152,7 +155,7 @@ class Trainer:
     # ----------------------------------------------------------------- the step
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Run one optimizer step on a batch; return its data loss (detached, not synced)."""
-        loss = F.cross_entropy(self.model(xb), yb)
+        loss = F.cross_entropy(self.forward(xb), yb)
         total = loss + self.regularizer.penalty() if self._loss_mode else loss
         for p in self._grad_params():  # zero_grad(set_to_none=True), minus its overhead
             p.grad = None

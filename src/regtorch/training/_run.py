@@ -276,6 +276,7 @@ def _train(
         metrics_row=writer.write,
         x_val=data.x_val,
         y_val=data.y_val,
+        forward=session.forward,
     )
     wall = [0.0, started]
     if checkpoint_state is not None:

@@ -42,6 +42,8 @@ class Session:
     scheduler: Any
     generator: torch.Generator
     threads: int
+    forward: Any = None
+    """What computes the logits in training steps: ``torch.compile(model)`` with ``--compile``."""
 
 
 def load_data(cfg: TrainConfig) -> Dataset:
@@ -84,7 +86,8 @@ def build_session(
             raise UsageError(str(exc)) from exc
     scheduler = build_scheduler(cfg, optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
-    return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads)
+    forward = torch.compile(model) if cfg.compile else None
+    return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads, forward)
 
 
 def _strength_hint(cfg: TrainConfig) -> str:
