@@ -45,24 +45,61 @@ def _emit_json(args: argparse.Namespace, payload: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """``regtorch train``: one configuration."""
     _check_resume(args)
-    from regtorch.training._run import run_train
-
     given = _given(args)
     cfg = TrainConfig(**given)
     cfg.validate()
     if not args.resume:
         cfg.check_unused_strengths()
-    summary = run_train(
-        cfg,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        explicit=list(given),
-        reporter=_reporter(args),
-        plots=not args.no_plots,
-    )
-    _emit_json(args, summary)
-    return 0
+    from regtorch.training._distributed import launched_by_torchrun
+    from regtorch.training._run import run_train
+
+    if not launched_by_torchrun():
+        if args.fsdp:
+            raise UsageError(
+                "--fsdp needs several processes: launch with "
+                "'torchrun --nproc-per-node N -m regtorch train ...'"
+            )
+        summary = run_train(cfg, args.out, **_train_kwargs(args, given))
+        _emit_json(args, summary)
+        return 0
+    return _train_distributed(args, cfg, given)
+
+
+def _train_kwargs(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "explicit": list(given),
+        "reporter": _reporter(args),
+        "plots": not args.no_plots,
+    }
+
+
+def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[str, Any]) -> int:
+    """``regtorch train`` as one rank of a ``torchrun`` launch."""
+    from regtorch.training._distributed import SilentReporter, init_distributed
+    from regtorch.training._run import run_train
+    from regtorch.training._rundir import default_out_dir
+
+    ctx = init_distributed(cfg.device, args.fsdp)
+    try:
+        if cfg.batch_size % ctx.world:
+            raise UsageError(
+                f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                f"{ctx.world} processes; use a multiple of {ctx.world}"
+            )
+        out = args.out
+        if out is None:
+            out = ctx.broadcast(str(default_out_dir("train")) if ctx.is_main else None)
+        kwargs = _train_kwargs(args, given)
+        if not ctx.is_main:
+            kwargs["reporter"] = SilentReporter()
+        summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
+        if ctx.is_main:
+            _emit_json(args, summary)
+        return 0
+    finally:
+        ctx.close()
 
 
 def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

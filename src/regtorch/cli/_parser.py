@@ -319,6 +319,17 @@ def build_parser() -> Parser:
     _optim_options(train, "")
     _reg_options(train, with_penalty=True)
     _output_options(train)
+    g = train.add_argument_group(
+        "multi-process (torchrun)",
+        "Under 'torchrun --nproc-per-node N -m regtorch train ...' each process trains on its "
+        "share of every global batch (--batch-size is the global batch: divisible by the "
+        "number of processes); DDP by default.",
+    )
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the model with FSDP2 (fully_shard each Linear/Conv) instead of DDP",
+    )
 
     compare = commands.add_parser(
         "compare",

@@ -133,8 +133,36 @@ def result_line(summary: dict[str, Any], out: Path) -> str:
     )
 
 
-def _checkpoint_writer(session: Session, out: Path, writer: MetricsWriter, wall: list[float]):
+def _fsdp_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _model_optimizer_state(session: Session, dist_ctx: Any) -> tuple[dict, dict]:
+    """Return full (unsharded) model and optimizer state dicts; a collective under FSDP2."""
+    if dist_ctx is not None and dist_ctx.fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = _fsdp_options(cpu_offload=True)
+        return (
+            get_model_state_dict(session.model, options=options),
+            get_optimizer_state_dict(session.model, session.optimizer, options=options),
+        )
+    return session.model.state_dict(), session.optimizer.state_dict()
+
+
+def _checkpoint_writer(
+    session: Session, out: Path, writer: MetricsWriter, wall: list[float], dist_ctx: Any = None
+):
     def write(trainer: Trainer) -> None:
+        model_state, optimizer_state = _model_optimizer_state(session, dist_ctx)
+        if dist_ctx is not None and not dist_ctx.is_main:
+            dist_ctx.barrier()
+            return
         save_checkpoint(
             out / "checkpoint.pt",
             {
@@ -143,8 +171,8 @@ def _checkpoint_writer(session: Session, out: Path, writer: MetricsWriter, wall:
                 "train_time_s": trainer.state.train_time_s,
                 "samples": trainer.state.samples,
                 "wall_time_s": wall[0] + time.perf_counter() - wall[1],
-                "model": session.model.state_dict(),
-                "optimizer": session.optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state,
                 "regularizer": None if session.regularizer is None else session.regularizer.state_dict(),
                 "scheduler": None if session.scheduler is None else session.scheduler.state_dict(),
                 "rng": capture_rng(session.generator),
@@ -153,13 +181,25 @@ def _checkpoint_writer(session: Session, out: Path, writer: MetricsWriter, wall:
                 "config": session.cfg.to_dict(),
             },
         )
+        if dist_ctx is not None:
+            dist_ctx.barrier()
 
     return write
 
 
-def _restore(session: Session, trainer: Trainer, state: dict[str, Any]) -> None:
-    session.model.load_state_dict(state["model"])
-    session.optimizer.load_state_dict(state["optimizer"])
+def _restore(session: Session, trainer: Trainer, state: dict[str, Any], dist_ctx: Any = None) -> None:
+    if dist_ctx is not None and dist_ctx.fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = _fsdp_options(broadcast_from_rank0=True)
+        set_model_state_dict(session.model, state["model"], options=options)
+        set_optimizer_state_dict(session.model, session.optimizer, state["optimizer"], options=options)
+    else:
+        session.model.load_state_dict(state["model"])
+        session.optimizer.load_state_dict(state["optimizer"])
     if session.regularizer is not None and state.get("regularizer") is not None:
         session.regularizer.load_state_dict(state["regularizer"])
     if session.scheduler is not None and state.get("scheduler") is not None:
@@ -183,41 +223,16 @@ def auto_log_every(steps_per_epoch: int) -> int:
     return best
 
 
-def run_train(
+def _prepare(
     config: TrainConfig,
-    out_dir: Path | str | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    explicit: Collection[str] | None = None,
-    reporter: Reporter | None = None,
-    callbacks: Sequence[Callback] = (),
-    plots: bool = True,
-    data: Dataset | None = None,
-) -> dict[str, Any]:
-    """Train one configuration into a run folder and return its summary.
-
-    Args:
-        config: The run's configuration (resolved here).
-        out_dir: The run folder (default: a new ``runs/train-<time>``).
-        resume: Continue the run in ``out_dir`` from its checkpoint (its config.json wins).
-        overwrite: Empty ``out_dir`` first (only if it holds a regtorch run).
-        explicit: With ``resume``, the options the user gave (others come from config.json);
-            ``None``: all of ``config``.
-        reporter: Where lines go (default: stdout).
-        callbacks: :class:`Callback` objects for the trainer.
-        plots: Draw the PNG plots at the end.
-        data: An already loaded data set matching ``config`` (``compare`` shares one).
-
-    Returns:
-        The content of ``summary.json``.
-
-    Raises:
-        UsageError: For bad input (exit status 2).
-        RunFailed: If training diverges (exit status 1).
-    """
-    started = time.perf_counter()
-    reporter = reporter or Reporter()
+    out_dir: Path | str | None,
+    resume: bool,
+    overwrite: bool,
+    explicit: Collection[str] | None,
+    reporter: Reporter,
+) -> tuple:
+    """Check the run folder and read a checkpoint to resume: ``("run", kind, out, cfg, state)``,
+    or ``("done", summary)`` for a run that is already complete."""
     out = Path(out_dir) if out_dir is not None else default_out_dir("train")
     kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="train")
     cfg = config.resolved()
@@ -233,15 +248,73 @@ def run_train(
             if summary.get("epochs") == cfg.epochs and summary.get("status") == "completed":
                 reporter.result(f"the run in '{out}' is already complete")
                 reporter.result(result_line(summary, out))
-                return summary
+                return ("done", summary)
         if (out / "checkpoint.pt").exists():
             checkpoint_state = load_checkpoint(out / "checkpoint.pt")
+    return ("run", kind, out, cfg, checkpoint_state)
+
+
+def run_train(
+    config: TrainConfig,
+    out_dir: Path | str | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    explicit: Collection[str] | None = None,
+    reporter: Reporter | None = None,
+    callbacks: Sequence[Callback] = (),
+    plots: bool = True,
+    data: Dataset | None = None,
+    dist_ctx: Any = None,
+) -> dict[str, Any]:
+    """Train one configuration into a run folder and return its summary.
+
+    Args:
+        config: The run's configuration (resolved here).
+        out_dir: The run folder (default: a new ``runs/train-<time>``).
+        resume: Continue the run in ``out_dir`` from its checkpoint (its config.json wins).
+        overwrite: Empty ``out_dir`` first (only if it holds a regtorch run).
+        explicit: With ``resume``, the options the user gave (others come from config.json);
+            ``None``: all of ``config``.
+        reporter: Where lines go (default: stdout).
+        callbacks: :class:`Callback` objects for the trainer.
+        plots: Draw the PNG plots at the end.
+        data: An already loaded data set matching ``config`` (``compare`` shares one).
+        dist_ctx: A :class:`~regtorch.training._distributed.DistContext` when launched by
+            ``torchrun``: rank 0 prepares the folder and reads the checkpoint, every rank trains.
+
+    Returns:
+        The content of ``summary.json``.
+
+    Raises:
+        UsageError: For bad input (exit status 2).
+        RunFailed: If training diverges (exit status 1).
+    """
+    started = time.perf_counter()
+    reporter = reporter or Reporter()
+    if dist_ctx is None:
+        prepared = _prepare(config, out_dir, resume, overwrite, explicit, reporter)
+    else:
+        if dist_ctx.is_main:
+            try:
+                prepared = _prepare(config, out_dir, resume, overwrite, explicit, reporter)
+            except Exception as exc:
+                dist_ctx.broadcast(("error", str(exc)))
+                raise
+        else:
+            prepared = None
+        prepared = dist_ctx.broadcast(prepared)
+        if prepared[0] == "error":
+            raise UsageError(prepared[1])
+    if prepared[0] == "done":
+        return prepared[1]
+    _, kind, out, cfg, checkpoint_state = prepared
     threads_before = torch.get_num_threads()
     try:
-        session = build_session(cfg, data)
-        if kind == "overwrite":
+        session = build_session(cfg, data, dist_ctx=dist_ctx)
+        if kind == "overwrite" and (dist_ctx is None or dist_ctx.is_main):
             empty_run_dir(out)
-        return _train(session, out, reporter, callbacks, plots, checkpoint_state, started)
+        return _train(session, out, reporter, callbacks, plots, checkpoint_state, started, dist_ctx)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -254,13 +327,22 @@ def _train(
     plots: bool,
     checkpoint_state: dict[str, Any] | None,
     started: float,
+    dist_ctx: Any = None,
 ) -> dict[str, Any]:
     cfg, data = session.cfg, session.data
-    write_run_config(out, "train", config=cfg.to_dict())
+    main = dist_ctx is None or dist_ctx.is_main
+    if main:
+        write_run_config(out, "train", config=cfg.to_dict())
     writer = MetricsWriter(out)
     steps_per_epoch = -(-data.n_train // cfg.batch_size)
     log_every = auto_log_every(steps_per_epoch) if cfg.log_every is None else cfg.log_every
-    trainer = Trainer(
+    trainer_class: Any = Trainer
+    extra: dict[str, Any] = {}
+    if dist_ctx is not None:
+        from regtorch.training._distributed import DistTrainer
+
+        trainer_class, extra = DistTrainer, {"dist_ctx": dist_ctx}
+    trainer = trainer_class(
         session.model,
         session.optimizer,
         data.x_train,
@@ -273,19 +355,22 @@ def _train(
         log_every=log_every,
         reporter=reporter,
         callbacks=callbacks,
-        metrics_row=writer.write,
+        metrics_row=writer.write if main else None,
         x_val=data.x_val,
         y_val=data.y_val,
         forward=session.forward,
+        **extra,
     )
     wall = [0.0, started]
     if checkpoint_state is not None:
-        _restore(session, trainer, checkpoint_state)
-        writer.reset(checkpoint_state["metrics_offsets"])
+        _restore(session, trainer, checkpoint_state, dist_ctx)
+        if main:
+            writer.reset(checkpoint_state["metrics_offsets"])
         wall[0] = float(checkpoint_state.get("wall_time_s", 0.0))
         reporter.line(f"Resuming '{out}' after epoch {trainer.state.epoch} of {cfg.epochs}")
     else:
-        writer.reset()
+        if main:
+            writer.reset()
         reporter.line(
             f"Training {cfg.model} {list(cfg.hidden or ())} on {data.name} "
             f"({data.n_train} train, {data.n_val} val, {data.n_test} test) | "
@@ -293,7 +378,7 @@ def _train(
             f"{cfg.optimizer} lr {cfg.lr:g} | {session.threads} thread(s) | {out}"
         )
         warn_if_dominant(session, reporter)
-    trainer.checkpoint = _checkpoint_writer(session, out, writer, wall)
+    trainer.checkpoint = _checkpoint_writer(session, out, writer, wall, dist_ctx)
     trainer.fit()
     summary = summarize(
         session,
@@ -301,18 +386,27 @@ def _train(
         wall_time_s=wall[0] + time.perf_counter() - wall[1],
         status="completed" if trainer.state.epoch >= cfg.epochs else "stopped",
     )
-    write_json(out / "summary.json", summary)
-    reporter.line("")
-    reporter.line(format_layer_table(summary["layers"]))
-    if plots:
-        from regtorch.training._plots import draw_run_plots
+    weights = _weights(session.model) if plots else []  # a collective under FSDP2
+    if main:
+        write_json(out / "summary.json", summary)
+        reporter.line("")
+        reporter.line(format_layer_table(summary["layers"]))
+        if plots:
+            from regtorch.training._plots import draw_run_plots
 
-        note = draw_run_plots(out, read_metrics(out), _weights(session.model))
-        if note:
-            reporter.warn(note)
-    reporter.result(result_line(summary, out))
+            note = draw_run_plots(out, read_metrics(out), weights)
+            if note:
+                reporter.warn(note)
+        reporter.result(result_line(summary, out))
+    if dist_ctx is not None:
+        dist_ctx.barrier()
     return summary
 
 
+def _full(p: torch.Tensor) -> torch.Tensor:
+    full_tensor = getattr(p, "full_tensor", None)  # a DTensor shard under FSDP2
+    return (full_tensor() if full_tensor is not None else p).detach().cpu()
+
+
 def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [(n, p.detach().cpu()) for n, p in regtorch.select_parameters(model, "weights")]
+    return [(n, _full(p)) for n, p in regtorch.select_parameters(model, "weights")]

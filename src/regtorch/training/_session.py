@@ -63,21 +63,36 @@ def load_data(cfg: TrainConfig) -> Dataset:
 
 
 def build_session(
-    cfg: TrainConfig, data: Dataset | None = None, *, penalty: regtorch.Penalty | None = None
+    cfg: TrainConfig,
+    data: Dataset | None = None,
+    *,
+    penalty: regtorch.Penalty | None = None,
+    dist_ctx: Any = None,
 ) -> Session:
     """Build data, model (seeded by ``cfg.seed``), optimizer, regularizer and schedule.
 
     Sets ``torch.set_num_threads`` to :func:`choose_threads`'s choice (callers restore it).
+    With ``dist_ctx`` (a :class:`~regtorch.training._distributed.DistContext`) the model is
+    wrapped in DDP or sharded by FSDP2 before the optimizer and the regularizer are built;
+    ``Session.model`` is then the unwrapped module under DDP (what is evaluated and saved) and
+    ``Session.forward`` the DDP wrapper (what trains).
     """
     data = load_data(cfg) if data is None else data
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if dist_ctx is None else dist_ctx.device
     if device.type != "cpu":
         data = data.to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     threads = choose_threads(cfg, model, data.input_shape)
     torch.set_num_threads(threads)
-    optimizer = build_optimizer(cfg, model)
+    wrapped = None
+    opt_cfg = cfg
+    if dist_ctx is not None:
+        wrapped = dist_ctx.wrap(model)
+        if dist_ctx.fsdp:
+            model, wrapped = wrapped, None
+            opt_cfg = cfg.replace(fused=False)  # fused kernels do not take DTensor parameters
+    optimizer = build_optimizer(opt_cfg, model)
     regularizer = build_regularizer(cfg, model, penalty)
     if regularizer is not None and regularizer.mode != "loss":
         try:
@@ -86,7 +101,9 @@ def build_session(
             raise UsageError(str(exc)) from exc
     scheduler = build_scheduler(cfg, optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
-    forward = torch.compile(model) if cfg.compile else None
+    forward = wrapped
+    if cfg.compile:
+        forward = torch.compile(model if wrapped is None else wrapped)
     return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads, forward)
 
 
