@@ -390,7 +390,7 @@ class Regularizer:
                     if self.prox_metric == "adam":
                         denominators = adam_denominators(optimizer, group, params)
                         plan = check_metric_penalty(rule.penalty)
-                        foreach = self.foreach if self.foreach is not None else params[0].is_cuda
+                        foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
                         if self._sharded:  # element-wise: on the local shards, no communication
                             params, denominators = local_views(params)[0], local_views(denominators)[0]
                         metric_prox_(params, denominators, step, plan, foreach=foreach)
