@@ -1,0 +1,107 @@
+"""``regtorch train`` under ``torchrun`` (gloo, CPU, 2 processes): DDP, FSDP2, resume, a dead rank.
+
+Each launch is ``python -m torch.distributed.run --nproc-per-node 2 -m regtorch train ...`` in a
+subprocess bounded by a timeout; a single-process run of the same global batch is the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch.distributed as dist
+from cli_helpers import read_json
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+ARGS = ["--hidden", "16,8", "--lr", "0.01", "--penalty", "l1", "--mode", "prox", "--no-plots"]
+TIMEOUT = 120
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def torchrun(*args, env=None) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_port()),
+        "-m", "regtorch", "train", *map(str, args),
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env or _env())
+
+
+def single(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "regtorch", "train", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    result = single("--epochs", "2", *ARGS, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return read_json(out / "summary.json")
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_torchrun_matches_single_process(engine, reference, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--fsdp"] if engine == "fsdp" else []
+    result = torchrun("--epochs", "2", *ARGS, *extra, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_json(out / "summary.json")
+    # The ranks' shares make up each global batch exactly: the result is the single process's
+    # (observed equal to the last digit; the test allows 1 point).
+    assert abs(summary["test_accuracy"] - reference["test_accuracy"]) <= 0.01
+    assert summary["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
+    assert summary["zero_fraction"] == pytest.approx(reference["zero_fraction"], abs=1e-3)
+    # Only rank 0 prints: one result line.
+    assert result.stdout.count("test accuracy") == 1
+    assert {"checkpoint.pt", "summary.json", "metrics.csv", "config.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_torchrun_resume_ddp(reference, tmp_path):
+    out = tmp_path / "run"
+    first = torchrun("--epochs", "1", *ARGS, "--out", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert read_json(out / "summary.json")["epochs"] == 1
+    second = torchrun("--epochs", "2", "--resume", "--out", out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming" in second.stdout
+    summary = read_json(out / "summary.json")
+    assert summary["epochs"] == 2
+    assert summary["test_accuracy"] == pytest.approx(reference["test_accuracy"], abs=0.01)
+    assert summary["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
+
+
+def test_dead_rank_ends_the_run(tmp_path):
+    # REGTORCH_TEST_DIE=1:5 is a test hook: rank 1 calls os._exit(1) after 5 steps.
+    started = time.monotonic()
+    result = torchrun("--epochs", "3", *ARGS, "--out", tmp_path / "run", env=_env(REGTORCH_TEST_DIE="1:5"))
+    assert result.returncode != 0
+    assert time.monotonic() - started < TIMEOUT
+
+
+def test_global_batch_must_divide(tmp_path):
+    result = torchrun("--batch-size", "33", *ARGS, "--out", tmp_path / "run")
+    assert result.returncode != 0
+    assert "must be divisible by the 2 processes" in result.stderr
+
+
+def test_fsdp_without_torchrun_is_usage_error(cli, tmp_path):
+    result = cli("train", "--fsdp", "--out", tmp_path / "run")
+    assert result.status == 2
+    assert "torchrun" in result.err and len(result.err.strip().splitlines()) == 1
