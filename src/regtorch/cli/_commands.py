@@ -72,6 +72,8 @@ def _train_kwargs(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, 
         "explicit": list(given),
         "reporter": _reporter(args),
         "plots": not args.no_plots,
+        "shrink": args.shrink,
+        "tensorboard": args.tensorboard,
     }
 
 
@@ -81,6 +83,8 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
     from regtorch.training._run import run_train
     from regtorch.training._rundir import default_out_dir
 
+    if args.fsdp and args.shrink:
+        raise UsageError("--shrink works on whole layers; it is not available with --fsdp (use DDP)")
     ctx = init_distributed(cfg.device, args.fsdp)
     try:
         if cfg.batch_size % ctx.world:

@@ -18,7 +18,9 @@ from regtorch.training._config import (
     MODES,
     OPTIMIZERS,
     PENALTIES,
+    PROX_METRICS,
     SCHEDULES,
+    parse_layer_l1,
 )
 from regtorch.training._errors import UsageError
 
@@ -33,7 +35,7 @@ CONFIG_OPTIONS = (
     "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule",
     "step_size", "gamma", "seed",
     "penalty", "l1", "l2", "alpha", "l1_ratio", "p", "strength", "groups", "params", "mode",
-    "step_factor",
+    "step_factor", "layer_l1", "prox_metric", "finetune_epochs",
     "log_every", "threads", "device", "fused", "compile",
 )  # fmt: skip
 
@@ -251,6 +253,30 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool) -> None:
         default=S,
         help="prox mode: the prox step is lr times this (default 1)",
     )
+    g.add_argument(
+        "--layer-l1",
+        type=layer_l1,
+        default=S,
+        metavar="RULES",
+        help="per-layer L1 strengths: PATTERN=STRENGTH,... over parameter names, e.g. "
+        "'fc1.*=1e-3,fc3.*=1e-5' (other weights get --penalty, if any)",
+    )
+    g.add_argument(
+        "--prox-metric",
+        choices=PROX_METRICS,
+        default=S,
+        help="prox mode: euclidean (default) or adam (threshold lr*l1/(sqrt(v)+eps) per weight; "
+        "Adam-family optimizers, element-wise penalties)",
+    )
+
+
+def layer_l1(text: str) -> str:
+    """``--layer-l1``: checked by :func:`parse_layer_l1`, kept as text (config.json holds it)."""
+    try:
+        parse_layer_l1(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--layer-l1 ")) from None
+    return text
 
 
 def _at_least_one(text: str) -> float:
@@ -318,6 +344,23 @@ def build_parser() -> Parser:
     _model_options(train)
     _optim_options(train, "")
     _reg_options(train, with_penalty=True)
+    g = train.add_argument_group("sparse models")
+    g.add_argument(
+        "--finetune-epochs",
+        type=count0,
+        default=S,
+        metavar="N",
+        help="after training, freeze the zero weights and train N more epochs without the penalty",
+    )
+    g.add_argument(
+        "--shrink",
+        action="store_true",
+        help="after training, remove dead neurons and report parameters, file size, test "
+        "accuracy and CPU inference time before and after",
+    )
+    g.add_argument(
+        "--tensorboard", action="store_true", help="write TensorBoard logs into RUN_DIR/tensorboard"
+    )
     _output_options(train)
     g = train.add_argument_group(
         "multi-process (torchrun)",

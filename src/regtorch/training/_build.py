@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 import regtorch
-from regtorch.training._config import TrainConfig
+from regtorch.training._config import TrainConfig, parse_layer_l1
 from regtorch.training._errors import UsageError
 from regtorch.training._models import make_cnn, make_mlp
 
@@ -146,12 +147,34 @@ def build_regularizer(
         UsageError: For a selection or penalty the core refuses (its message, one line).
     """
     penalty = build_penalty(cfg) if penalty is None else penalty
-    if penalty is None:
+    layer_rules = parse_layer_l1(cfg.layer_l1) if cfg.layer_l1 else []
+    if penalty is None and not layer_rules:
         return None
+    target: Any = penalty
+    if layer_rules:
+        patterns = [pattern for pattern, _ in layer_rules]
+        target = [(pattern, regtorch.L1(strength)) for pattern, strength in layer_rules]
+        if penalty is not None:  # the others: --penalty on --params, minus the layer rules' params
+            claimed = {id(p) for pat in patterns for _, p in _select(model, pat)}
+            rest = [p for _, p in _select(model, cfg.params) if id(p) not in claimed]
+            if rest:
+                target.append((rest, penalty))
     try:
         return regtorch.Regularizer(
-            model, penalty, params=cfg.params, mode=cfg.mode, step_factor=cfg.step_factor
+            model,
+            target,
+            params=None if layer_rules else cfg.params,
+            mode=cfg.mode,
+            step_factor=cfg.step_factor,
+            prox_metric=cfg.prox_metric,
         )
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _select(model: nn.Module, selection: Any) -> list[tuple[str, torch.Tensor]]:
+    try:
+        return list(regtorch.select_parameters(model, selection))
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from exc
 

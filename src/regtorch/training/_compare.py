@@ -69,6 +69,8 @@ COMPARE_COLUMNS = (
     "zero_neurons",
     "neurons",
     "weight_l2",
+    "parameters",
+    "shrunk_parameters",
     "wall_time_s",
     "run_dir",
 )
@@ -144,6 +146,8 @@ def _row(label: str, summary: dict[str, Any], folder: str) -> dict[str, Any]:
         "zero_neurons": summary["zero_neurons"],
         "neurons": summary["neurons"],
         "weight_l2": summary["weight_l2"],
+        "parameters": summary.get("parameters"),
+        "shrunk_parameters": summary.get("shrunk_parameters"),
         "wall_time_s": summary["timing"]["wall_time_s"],
         "run_dir": folder,
     }
@@ -162,6 +166,7 @@ def format_compare_table(rows: Sequence[dict[str, Any]]) -> str:
         "zero weights",
         "zero neurons",
         "‖w‖₂",
+        "shrunk params",
         "time",
     ]
     body = []
@@ -178,10 +183,18 @@ def format_compare_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{100 * float(r['zero_fraction']):.1f}%",
                 f"{r['zero_neurons']}/{r['neurons']}",
                 f"{float(r['weight_l2']):.2f}",
+                _shrunk_cell(r),
                 f"{float(r['wall_time_s']):.1f}s",
             ]
         )
-    return format_table(headers, body, "ll" + "r" * 9)
+    return format_table(headers, body, "ll" + "r" * 10)
+
+
+def _shrunk_cell(row: dict[str, Any]) -> str:
+    after, before = row.get("shrunk_parameters"), row.get("parameters")
+    if after in (None, "") or before in (None, ""):
+        return "-"
+    return f"{int(after):,}/{int(before):,}"
 
 
 def write_compare_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

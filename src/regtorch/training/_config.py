@@ -16,8 +16,10 @@ __all__ = [
     "MODES",
     "OPTIMIZERS",
     "PENALTIES",
+    "PROX_METRICS",
     "SCHEDULES",
     "TrainConfig",
+    "parse_layer_l1",
 ]
 
 MODELS = ("mlp", "cnn")
@@ -27,6 +29,35 @@ PENALTIES = ("none", "l1", "l2", "elasticnet", "lp", "group", "sparse-group")
 MODES = ("loss", "grad", "prox")
 GROUPINGS = ("rows", "columns", "filters", "channels", "tensor")
 DEVICES = ("cpu", "cuda", "auto")
+PROX_METRICS = ("euclidean", "adam")
+
+
+def parse_layer_l1(text: str) -> list[tuple[str, float]]:
+    """Parse ``--layer-l1``: ``'fc1.*=1e-3,fc3.*=1e-5'`` → ``[("fc1.*", 1e-3), ("fc3.*", 1e-5)]``.
+
+    Raises:
+        UsageError: For an item without ``=``, an empty pattern, or a strength that is not a
+            finite number >= 0.
+    """
+    rules = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        pattern, sep, value = item.partition("=")
+        pattern = pattern.strip()
+        try:
+            strength = float(value)
+        except ValueError:
+            strength = math.nan
+        if not sep or not pattern or not math.isfinite(strength) or strength < 0:
+            raise UsageError(
+                f"--layer-l1 expects PATTERN=STRENGTH items separated by commas, strengths "
+                f">= 0, e.g. 'fc1.*=1e-3,fc3.*=1e-5'; got {item.strip()!r}"
+            )
+        rules.append((pattern, strength))
+    if not rules:
+        raise UsageError("--layer-l1 expects at least one PATTERN=STRENGTH item, e.g. 'fc1.*=1e-3'")
+    return rules
 
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
 DEFAULT_HIDDEN = {"mlp": (64, 32), "cnn": (64,)}
@@ -91,6 +122,11 @@ class TrainConfig:
     params: str = "weights"
     mode: str = "loss"
     step_factor: float = 1.0
+    layer_l1: str | None = None
+    """Per-layer L1 strengths, ``PATTERN=STRENGTH,...`` (fnmatch patterns over parameter names)."""
+    prox_metric: str = "euclidean"
+    finetune_epochs: int = 0
+    """Epochs of masked fine-tuning after ``epochs``: zeros frozen, no penalty."""
     # execution
     log_every: int | None = None
     threads: int | None = None
@@ -162,6 +198,10 @@ class TrainConfig:
         _choice("--mode", self.mode, MODES)
         _choice("--groups", self.groups, GROUPINGS)
         _choice("--device", self.device, DEVICES)
+        _choice("--prox-metric", self.prox_metric, PROX_METRICS)
+        _integer("--finetune-epochs", self.finetune_epochs, low=0)
+        if self.layer_l1 is not None:
+            parse_layer_l1(self.layer_l1)
         _number("--val-fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
         _number("--lr", self.lr, low=0.0, low_open=True)
         _number("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)

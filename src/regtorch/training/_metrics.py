@@ -67,22 +67,30 @@ class PenaltyParts:
 
     def __init__(self, regularizer: regtorch.Regularizer | None) -> None:
         self.regularizer = regularizer
-        self.parts: list[tuple[str, regtorch.Penalty]] = []
+        self.parts: list[tuple[str, regtorch.Penalty, list[torch.Tensor]]] = []
         if regularizer is None:
             return
-        for penalty in regularizer.penalties:
+        rules = getattr(regularizer, "_rules", None)
+        if rules is not None:
+            per_rule = [(r.penalty, list(r.params)) for r in rules]
+        else:  # pragma: no cover - a regularizer without per-layer rules
+            per_rule = [(p, regularizer.parameters()) for p in regularizer.penalties]
+        for penalty, params in per_rule:
             for term in penalty.terms():
                 if isinstance(term, regtorch.ElasticNet):
-                    self.parts += [("l1", regtorch.L1(term.l1)), ("l2", regtorch.L2(term.l2))]
+                    self.parts += [
+                        ("l1", regtorch.L1(term.l1), params),
+                        ("l2", regtorch.L2(term.l2), params),
+                    ]
                 elif isinstance(term, regtorch.L1):
-                    self.parts.append(("l1", term))
+                    self.parts.append(("l1", term, params))
                 elif isinstance(term, regtorch.L2):
-                    self.parts.append(("l2", term))
+                    self.parts.append(("l2", term, params))
                 elif isinstance(term, regtorch.GroupLasso):
-                    self.parts.append(("group", term))
+                    self.parts.append(("group", term, params))
                 else:
-                    self.parts.append(("lp", term))
-        self.names = sorted({name for name, _ in self.parts}, key=list(_PART_LABELS).index)
+                    self.parts.append(("lp", term, params))
+        self.names = sorted({name for name, _, _ in self.parts}, key=list(_PART_LABELS).index)
         if self.names and set(self.names) <= {"l1", "l2"}:
             self.names = ["l1", "l2"]  # the tutorial's line always shows both
 
@@ -90,11 +98,10 @@ class PenaltyParts:
         """Return each part's current value (0.0 for a part the penalty lacks)."""
         if self.regularizer is None:
             return {}
-        params = self.regularizer.parameters()
         factor = self.regularizer.factor()
         out = dict.fromkeys(self.names, 0.0)
         with torch.no_grad():
-            for name, penalty in self.parts:
+            for name, penalty, params in self.parts:
                 out[name] += factor * float(penalty.value(params))
         return out
 

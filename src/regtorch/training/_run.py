@@ -90,6 +90,7 @@ def summarize(
         "n_test": data.n_test,
         "model": cfg.model,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "shrunk_parameters": _shrunk_parameters(model, data.x_test),
         "penalty_name": "none" if reg is None else repr(reg.penalties[0]),
         "mode": None if reg is None else reg.mode,
         "epochs": state.epoch,
@@ -120,6 +121,15 @@ def summarize(
             "samples_per_s": state.samples / state.train_time_s if state.train_time_s else None,
         },
     }
+
+
+def _shrunk_parameters(model: nn.Module, x: torch.Tensor) -> int | None:
+    """What ``--shrink`` would leave (None under FSDP2, where parameters are shards)."""
+    if any(hasattr(p, "full_tensor") for p in model.parameters()) or not len(x):
+        return None
+    from regtorch.training._sparse import shrunk_parameters
+
+    return shrunk_parameters(model, x[:1])
 
 
 def result_line(summary: dict[str, Any], out: Path) -> str:
@@ -245,7 +255,8 @@ def _prepare(
         summary_path = out / "summary.json"
         if summary_path.exists():
             summary = read_json(summary_path)
-            if summary.get("epochs") == cfg.epochs and summary.get("status") == "completed":
+            total = cfg.epochs + cfg.finetune_epochs
+            if summary.get("epochs") == total and summary.get("status") == "completed":
                 reporter.result(f"the run in '{out}' is already complete")
                 reporter.result(result_line(summary, out))
                 return ("done", summary)
@@ -266,6 +277,8 @@ def run_train(
     plots: bool = True,
     data: Dataset | None = None,
     dist_ctx: Any = None,
+    shrink: bool = False,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train one configuration into a run folder and return its summary.
 
@@ -282,6 +295,8 @@ def run_train(
         data: An already loaded data set matching ``config`` (``compare`` shares one).
         dist_ctx: A :class:`~regtorch.training._distributed.DistContext` when launched by
             ``torchrun``: rank 0 prepares the folder and reads the checkpoint, every rank trains.
+        shrink: After training, shrink the model and report before/after (``summary["shrink"]``).
+        tensorboard: Write TensorBoard scalars and histograms into ``RUN_DIR/tensorboard``.
 
     Returns:
         The content of ``summary.json``.
@@ -314,7 +329,8 @@ def run_train(
         session = build_session(cfg, data, dist_ctx=dist_ctx)
         if kind == "overwrite" and (dist_ctx is None or dist_ctx.is_main):
             empty_run_dir(out)
-        return _train(session, out, reporter, callbacks, plots, checkpoint_state, started, dist_ctx)
+        options = {"shrink": shrink, "tensorboard": tensorboard}
+        return _train(session, out, reporter, callbacks, plots, checkpoint_state, started, dist_ctx, options)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -328,9 +344,21 @@ def _train(
     checkpoint_state: dict[str, Any] | None,
     started: float,
     dist_ctx: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     cfg, data = session.cfg, session.data
+    options = options or {}
     main = dist_ctx is None or dist_ctx.is_main
+    callbacks = list(callbacks)
+    if cfg.finetune_epochs:
+        from regtorch.training._sparse import FineTune
+
+        callbacks.append(FineTune(session))
+    if options.get("tensorboard") and main:
+        from regtorch.training._tensorboard import TensorBoardCallback
+
+        fsdp = dist_ctx is not None and dist_ctx.fsdp
+        callbacks.append(TensorBoardCallback(out / "tensorboard", histograms=not fsdp))
     if main:
         write_run_config(out, "train", config=cfg.to_dict())
     writer = MetricsWriter(out)
@@ -349,7 +377,7 @@ def _train(
         data.y_train,
         regularizer=session.regularizer,
         scheduler=session.scheduler,
-        epochs=cfg.epochs,
+        epochs=cfg.epochs + cfg.finetune_epochs,
         batch_size=cfg.batch_size,
         generator=session.generator,
         log_every=log_every,
@@ -384,13 +412,31 @@ def _train(
         session,
         trainer,
         wall_time_s=wall[0] + time.perf_counter() - wall[1],
-        status="completed" if trainer.state.epoch >= cfg.epochs else "stopped",
+        status="completed" if trainer.state.epoch >= cfg.epochs + cfg.finetune_epochs else "stopped",
     )
+    if cfg.finetune_epochs:
+        from regtorch.training._sparse import finetune_summary
+
+        summary["finetune"] = finetune_summary(trainer.history, summary, cfg.epochs)
+    if options.get("shrink") and main:
+        from regtorch.training._sparse import format_shrink, shrink_run
+
+        summary["shrink"] = shrink_run(session.model, data, out)
     weights = _weights(session.model) if plots else []  # a collective under FSDP2
     if main:
         write_json(out / "summary.json", summary)
         reporter.line("")
         reporter.line(format_layer_table(summary["layers"]))
+        if summary.get("finetune"):
+            ft = summary["finetune"]
+            reporter.line(
+                f"Fine-tuning ({ft['epochs']} epochs, zeros frozen): test accuracy "
+                f"{ft['test_accuracy_before']:.2%} -> {ft['test_accuracy_after']:.2%}, zero weights "
+                f"{ft['zero_fraction_before']:.1%} -> {ft['zero_fraction_after']:.1%}"
+            )
+        if summary.get("shrink"):
+            reporter.result("")
+            reporter.result(format_shrink(summary["shrink"], data.n_test))
         if plots:
             from regtorch.training._plots import draw_run_plots
 

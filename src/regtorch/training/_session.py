@@ -44,6 +44,8 @@ class Session:
     threads: int
     forward: Any = None
     """What computes the logits in training steps: ``torch.compile(model)`` with ``--compile``."""
+    attached: Any = None
+    """The regularizer's :class:`~regtorch.AttachHandle` in grad and prox modes (to detach it)."""
 
 
 def load_data(cfg: TrainConfig) -> Dataset:
@@ -94,9 +96,10 @@ def build_session(
             opt_cfg = cfg.replace(fused=False)  # fused kernels do not take DTensor parameters
     optimizer = build_optimizer(opt_cfg, model)
     regularizer = build_regularizer(cfg, model, penalty)
+    attached = None
     if regularizer is not None and regularizer.mode != "loss":
         try:
-            regularizer.attach(optimizer)
+            attached = regularizer.attach(optimizer)
         except (ValueError, TypeError) as exc:
             raise UsageError(str(exc)) from exc
     scheduler = build_scheduler(cfg, optimizer)
@@ -104,7 +107,9 @@ def build_session(
     forward = wrapped
     if cfg.compile:
         forward = torch.compile(model if wrapped is None else wrapped)
-    return Session(cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads, forward)
+    return Session(
+        cfg, data, device, model, optimizer, regularizer, scheduler, generator, threads, forward, attached
+    )
 
 
 def _strength_hint(cfg: TrainConfig) -> str:
