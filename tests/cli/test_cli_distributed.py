@@ -73,12 +73,14 @@ def test_torchrun_matches_single_process(engine, reference, tmp_path):
     assert {"checkpoint.pt", "summary.json", "metrics.csv", "config.json"} <= {p.name for p in out.iterdir()}
 
 
-def test_torchrun_resume_ddp(reference, tmp_path):
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_torchrun_resume(engine, reference, tmp_path):
     out = tmp_path / "run"
-    first = torchrun("--epochs", "1", *ARGS, "--out", out)
+    extra = ["--fsdp"] if engine == "fsdp" else []
+    first = torchrun("--epochs", "1", *ARGS, *extra, "--out", out)
     assert first.returncode == 0, first.stderr[-3000:]
     assert read_json(out / "summary.json")["epochs"] == 1
-    second = torchrun("--epochs", "2", "--resume", "--out", out)
+    second = torchrun("--epochs", "2", "--resume", *extra, "--out", out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Resuming" in second.stdout
     summary = read_json(out / "summary.json")
@@ -93,6 +95,7 @@ def test_dead_rank_ends_the_run(tmp_path):
     result = torchrun("--epochs", "3", *ARGS, "--out", tmp_path / "run", env=_env(REGTORCH_TEST_DIE="1:5"))
     assert result.returncode != 0
     assert time.monotonic() - started < TIMEOUT
+    assert "a collective failed" in result.stderr
 
 
 def test_global_batch_must_divide(tmp_path):

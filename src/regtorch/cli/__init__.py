@@ -17,6 +17,9 @@ __all__ = ["main"]
 
 def _say(prefix: str, message: str) -> None:
     text = " ".join(str(message).split())
+    rank = os.environ.get("RANK")
+    if os.environ.get("WORLD_SIZE") and rank not in (None, "0"):
+        prefix = f"{prefix} [rank {rank}]"  # one of several torchrun processes
     print(f"{prefix}: error: {text}", file=sys.stderr, flush=True)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from regtorch.cli._parser import CONFIG_OPTIONS
 from regtorch.training._config import TrainConfig
-from regtorch.training._errors import UsageError
+from regtorch.training._errors import RunFailed, UsageError
 from regtorch.training._metrics import clean_json
 from regtorch.training._progress import Reporter
 
@@ -79,7 +79,7 @@ def _train_kwargs(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, 
 
 def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[str, Any]) -> int:
     """``regtorch train`` as one rank of a ``torchrun`` launch."""
-    from regtorch.training._distributed import SilentReporter, init_distributed
+    from regtorch.training._distributed import TIMEOUT_S, SilentReporter, init_distributed
     from regtorch.training._run import run_train
     from regtorch.training._rundir import default_out_dir
 
@@ -98,7 +98,15 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
         kwargs = _train_kwargs(args, given)
         if not ctx.is_main:
             kwargs["reporter"] = SilentReporter()
-        summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
+        try:
+            summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
+        except RuntimeError as exc:  # a collective failed: a rank died or timed out
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunFailed(
+                f"rank {ctx.rank}: a collective failed ({first[:300]}); another process of the "
+                f"launch died or stopped answering (timeout {TIMEOUT_S}s); completed epochs are in "
+                f"the checkpoint: continue with --resume --out {out}"
+            ) from exc
         if ctx.is_main:
             _emit_json(args, summary)
         return 0

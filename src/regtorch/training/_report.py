@@ -94,6 +94,10 @@ def run_report(run_dir: Path | str, *, reporter: Reporter | None = None, plots: 
             return {"status": "unfinished", "epochs": epochs}
         result = read_json(out / "summary.json")
         reporter.line(format_layer_table(result["layers"]))
+        if isinstance(result.get("shrink"), dict):
+            from regtorch.training._sparse import format_shrink
+
+            reporter.result(format_shrink(result["shrink"], int(result.get("n_test") or 0)))
         reporter.result(result_line(result, out))
     else:
         raise UsageError(
