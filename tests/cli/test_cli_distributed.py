@@ -108,3 +108,19 @@ def test_fsdp_without_torchrun_is_usage_error(cli, tmp_path):
     result = cli("train", "--fsdp", "--out", tmp_path / "run")
     assert result.status == 2
     assert "torchrun" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_torchrun_finetune_shrink_tensorboard(tmp_path):
+    args = ["--hidden", "64,32", "--lr", "0.01", "--penalty", "group", "--strength", "2.5", "--mode", "prox",
+            "--epochs", "2", "--finetune-epochs", "1", "--no-plots"]  # fmt: skip
+    ref = single(*args, "--out", tmp_path / "single")
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run"
+    result = torchrun(*args, "--shrink", "--tensorboard", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = read_json(out / "summary.json"), read_json(tmp_path / "single" / "summary.json")
+    assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.01)
+    assert a["zero_fraction"] == pytest.approx(b["zero_fraction"], abs=1e-3)
+    assert a["finetune"]["epochs"] == 1
+    assert a["shrink"]["test_accuracy_after"] == a["shrink"]["test_accuracy_before"]
+    assert len(list((out / "tensorboard").iterdir())) == 1  # rank 0 only

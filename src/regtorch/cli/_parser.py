@@ -205,7 +205,7 @@ def _optim_options(parser: argparse.ArgumentParser, defaults: str) -> None:
     g.add_argument("--seed", type=count0, default=S, help="random seed (default 0)")
 
 
-def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool) -> None:
+def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool, with_rules: bool = False) -> None:
     g = parser.add_argument_group(
         "regularization",
         "Penalties are sums over the regularized weights added to the mean cross-entropy: "
@@ -253,6 +253,8 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool) -> None:
         default=S,
         help="prox mode: the prox step is lr times this (default 1)",
     )
+    if not with_rules:
+        return
     g.add_argument(
         "--layer-l1",
         type=layer_l1,
@@ -343,7 +345,7 @@ def build_parser() -> Parser:
     _data_options(train)
     _model_options(train)
     _optim_options(train, "")
-    _reg_options(train, with_penalty=True)
+    _reg_options(train, with_penalty=True, with_rules=True)
     g = train.add_argument_group("sparse models")
     g.add_argument(
         "--finetune-epochs",

@@ -91,7 +91,7 @@ def summarize(
         "model": cfg.model,
         "parameters": sum(p.numel() for p in model.parameters()),
         "shrunk_parameters": _shrunk_parameters(model, data.x_test),
-        "penalty_name": "none" if reg is None else repr(reg.penalties[0]),
+        "penalty_name": _penalty_name(reg),
         "mode": None if reg is None else reg.mode,
         "epochs": state.epoch,
         "steps": state.step,
@@ -121,6 +121,17 @@ def summarize(
             "samples_per_s": state.samples / state.train_time_s if state.train_time_s else None,
         },
     }
+
+
+def _penalty_name(reg: regtorch.Regularizer | None) -> str:
+    if reg is None:
+        return "none"
+    rules = getattr(reg, "_rules", None)
+    if rules is None or len(rules) == 1:
+        return repr(reg.penalties[0])
+    return " + ".join(
+        f"{r.selection if isinstance(r.selection, str) else 'other weights'}: {r.penalty!r}" for r in rules
+    )
 
 
 def _shrunk_parameters(model: nn.Module, x: torch.Tensor) -> int | None:
@@ -430,7 +441,7 @@ def _train(
         if summary.get("finetune"):
             ft = summary["finetune"]
             reporter.line(
-                f"Fine-tuning ({ft['epochs']} epochs, zeros frozen): test accuracy "
+                f"Fine-tuning ({ft['epochs']} epoch(s), zeros frozen): test accuracy "
                 f"{ft['test_accuracy_before']:.2%} -> {ft['test_accuracy_after']:.2%}, zero weights "
                 f"{ft['zero_fraction_before']:.1%} -> {ft['zero_fraction_after']:.1%}"
             )
