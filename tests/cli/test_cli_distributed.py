@@ -73,11 +73,12 @@ def test_torchrun_matches_single_process(engine, reference, tmp_path):
     assert {"checkpoint.pt", "summary.json", "metrics.csv", "config.json"} <= {p.name for p in out.iterdir()}
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "single-then-fsdp"])
 def test_torchrun_resume(engine, reference, tmp_path):
     out = tmp_path / "run"
-    extra = ["--fsdp"] if engine == "fsdp" else []
-    first = torchrun("--epochs", "1", *ARGS, *extra, "--out", out)
+    extra = ["--fsdp"] if "fsdp" in engine else []
+    first_run = single if engine.startswith("single") else torchrun
+    first = first_run("--epochs", "1", *ARGS, *([] if first_run is single else extra), "--out", out)
     assert first.returncode == 0, first.stderr[-3000:]
     assert read_json(out / "summary.json")["epochs"] == 1
     second = torchrun("--epochs", "2", "--resume", *extra, "--out", out)

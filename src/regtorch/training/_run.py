@@ -176,6 +176,19 @@ def _model_optimizer_state(session: Session, dist_ctx: Any) -> tuple[dict, dict]
     return session.model.state_dict(), session.optimizer.state_dict()
 
 
+def _by_name(optimizer_state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Key an ``optimizer.state_dict()`` (parameters numbered, as a single process or DDP saves
+    it) by parameter names, as FSDP2's ``set_optimizer_state_dict`` expects; others unchanged."""
+    groups = optimizer_state.get("param_groups", [])
+    if not groups or not all(isinstance(i, int) for g in groups for i in g["params"]):
+        return optimizer_state
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return {
+        "state": {names[int(i)]: v for i, v in optimizer_state.get("state", {}).items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups],
+    }
+
+
 def _checkpoint_writer(
     session: Session, out: Path, writer: MetricsWriter, wall: list[float], dist_ctx: Any = None
 ):
@@ -217,7 +230,8 @@ def _restore(session: Session, trainer: Trainer, state: dict[str, Any], dist_ctx
 
         options = _fsdp_options(broadcast_from_rank0=True)
         set_model_state_dict(session.model, state["model"], options=options)
-        set_optimizer_state_dict(session.model, session.optimizer, state["optimizer"], options=options)
+        optimizer_state = _by_name(state["optimizer"], session.model)
+        set_optimizer_state_dict(session.model, session.optimizer, optimizer_state, options=options)
     else:
         session.model.load_state_dict(state["model"])
         session.optimizer.load_state_dict(state["optimizer"])
