@@ -16,10 +16,11 @@ The recipe (the defaults; every setting is a flag, see ``--help``):
    strongest penalty, the 100×10 output layer the weakest). Prox SGD is the lasso's own algorithm
    (proximal gradient): the strengths are in loss units. Their ``schedule=`` is 0 for a warm-up
    epoch, then grows geometrically from 1% to 100% (gradual sparsification).
-3. Magnitude clean-up and masked fine-tuning (``--stages``, one by default): :func:`regtorch.freeze_zeros` with a
-   per-layer ``atol`` (the weights at or below it become exact zeros and stay zero) brings each
-   layer to its target zero fraction, then a fresh SGD trains the remaining weights without the
-   penalty (cosine learning rate to 0). ``--prune-to 0 0 0`` keeps only the prox's own zeros.
+3. Magnitude clean-up and masked fine-tuning (``--stages`` rounds, one by default):
+   :func:`regtorch.freeze_zeros` with a per-layer ``atol`` (the weights at or below it become exact
+   zeros and stay zero) brings each layer to its target zero fraction, then a fresh SGD trains the
+   remaining weights without the penalty (cosine learning rate to 0). ``--prune-to 0 0 0`` keeps
+   only the prox's own zeros.
 
 Why the clean-up: L1 in either prox metric, pushed alone to 92%, kills whole hidden neurons (L1 on
 two consecutive layers acts like a group penalty on the neurons between them: 30-110 of the 300
