@@ -175,23 +175,19 @@ def apply_prox_plan(
     (:mod:`regtorch._fused`); tensors it cannot take fall back to the eager kernels.
     ``group_norms_fn`` replaces :func:`group_norms` in the group step (sharded tensors).
     """
+    divisor = 1.0 + 2.0 * step * plan.l2
+    has_group = bool(plan.group) and plan.group_spec is not None
     with torch.no_grad():
+        rest = list(tensors)
         if fused and (plan.l1 or plan.l2):
-            divisor = 1.0 if plan.group else 1.0 + 2.0 * step * plan.l2
-            left = fused_prox_(tensors, step * plan.l1, divisor)
+            # soft-threshold (and divide, when no group step sits in between) in one kernel
+            left = fused_prox_(tensors, step * plan.l1, 1.0 if has_group else divisor)
             rest = [tensors[i] for i in left]
-            soft_threshold_(rest, step * plan.l1, foreach=foreach)
-            if plan.group and plan.group_spec is not None:
-                threshold = step * plan.group
-                norms = _norms_for(tensors, threshold, plan.group_spec, group_norms_fn)
-                block_soft_threshold_(tensors, threshold, plan.group_spec, norms=norms)
-                shrink_(tensors, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
-            else:
-                shrink_(rest, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
-            return
-        soft_threshold_(tensors, step * plan.l1, foreach=foreach)
-        if plan.group and plan.group_spec is not None:
+        soft_threshold_(rest, step * plan.l1, foreach=foreach)
+        if has_group:
             threshold = step * plan.group
             norms = _norms_for(tensors, threshold, plan.group_spec, group_norms_fn)
             block_soft_threshold_(tensors, threshold, plan.group_spec, norms=norms)
-        shrink_(tensors, 1.0 + 2.0 * step * plan.l2, foreach=foreach)
+            shrink_(tensors, divisor, foreach=foreach)
+        else:
+            shrink_(rest, divisor, foreach=foreach)

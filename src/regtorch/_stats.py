@@ -119,9 +119,9 @@ def _group_spec_of(penalty: Penalty | None) -> GroupSpec:
 def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float) -> ParameterStats:
     w = param.detach()
     spec = _group_spec_of(penalty)
+    zeros = int((w == 0).sum())
     if w.ndim == 0:
-        groups = zero_groups = int(w.numel())
-        zero_groups = int((w == 0).sum())
+        groups, zero_groups = w.numel(), zeros
     else:
         norms = group_norms(w, spec)
         groups = norms.numel()
@@ -131,8 +131,8 @@ def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float)
         name=name,
         shape=tuple(w.shape),
         numel=w.numel(),
-        zeros=int((w == 0).sum()),
-        zero_fraction=float((w == 0).sum()) / max(w.numel(), 1),
+        zeros=zeros,
+        zero_fraction=zeros / max(w.numel(), 1),
         l1_norm=float(sum_abs(w)),
         l2_norm=math.sqrt(float(sum_square(w))),
         groups=groups,
