@@ -268,6 +268,26 @@ class Regularizer:
             total = total + value.to(total.device)
         return total * factor if factor != 1.0 else total
 
+    def _elementwise_grad_terms(self) -> dict[int, tuple[float, float]] | None:
+        """Return ``{id(p): (a₁, a₂)}`` with ``∂(s·R)/∂p = a₁·sign(p) + a₂·p``, or None.
+
+        ``a₁ = s·λ₁`` and ``a₂ = 2·s·λ₂`` for every regularized parameter when each rule's penalty
+        is element-wise (L1 and squared-L2 terms only) and nothing is sharded; None otherwise.
+        The training loop uses it to fold the loss-mode gradient into its own backward pass.
+        """
+        if self._sharded:
+            return None
+        factor = self.factor()
+        terms: dict[int, tuple[float, float]] = {}
+        for rule in self._rules:
+            plan = rule.penalty._elementwise_plan()
+            if plan is None:
+                return None
+            coefficients = (factor * plan.l1, 2.0 * factor * plan.l2)
+            for p in rule.params:
+                terms[id(p)] = coefficients
+        return terms
+
     def _check_not_resharded(self) -> None:
         model = self._unchecked_model()  # type: ignore[misc]
         self._unchecked_model = None

@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 # Below this many floating-point operations per training step, a second thread costs more in
-# synchronisation than it gains (measured by benchmarks/train_throughput.py).
-_SMALL_STEP_FLOPS = 5e7
+# synchronisation than it gains (measured on 2 cores with the hand-written MLP step: the MNIST MLP
+# gains nothing at batch 10, ~3e6 FLOPs, and 15-25% from batch 32, ~1e7 FLOPs, up).
+_SMALL_STEP_FLOPS = 1e7
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,6 +16,7 @@ import regtorch
 from regtorch.data import iterate_batches
 from regtorch.training._errors import RunFailed
 from regtorch.training._metrics import PenaltyParts, format_log_line, weight_sparsity
+from regtorch.training._mlp_step import has_hooks, mlp_grads_, mlp_layers
 from regtorch.training._progress import Reporter
 
 __all__ = ["Callback", "TrainState", "Trainer", "evaluate"]
@@ -80,9 +81,15 @@ class Trainer:
 
     Each epoch draws one permutation from ``generator`` (the only randomness), cuts it into
     batches, and runs ``zero_grad → forward → cross-entropy (+ penalty in loss mode) → backward
-    → step`` on each. Losses stay on the device and are read only every ``log_every`` batches and
-    at the end of an epoch, which then evaluates train/validation loss and accuracy, penalty and
-    sparsity, writes a metrics row, steps the schedule, calls ``checkpoint`` and the callbacks.
+    → step`` on each. A plain MLP (``nn.Sequential`` of Flatten, Linear and ReLU, trained through
+    ``model`` itself) skips autograd: :mod:`regtorch.training._mlp_step` writes the same gradients
+    with the same kernels, and in loss mode the penalty's gradient is added to them directly (the
+    gradient of ``loss + penalty``; the penalty's value is computed only when logged); an
+    element-wise penalty's ``a₁·sign(W) + a₂·W`` is folded into the weight-gradient product.
+
+    Losses stay on the device and are read only every ``log_every`` batches and at the end of an
+    epoch, which then evaluates train/validation loss and accuracy, penalty and sparsity, writes a
+    metrics row, steps the schedule, calls ``checkpoint`` and the callbacks.
 
     Args:
         model: The model (on ``x_train``'s device), attached to nothing.
@@ -151,10 +158,21 @@ class Trainer:
         self._loss_mode = regularizer is not None and regularizer.mode == "loss"
         self._params: list[torch.Tensor] = []
         self._params_of: torch.optim.Optimizer | None = None
+        self._plain_forward = forward is None
+        self._mlp_key: tuple[int, ...] = ()
+        self._mlp: tuple[bool, tuple[nn.Linear, ...]] | None = None
 
     # ----------------------------------------------------------------- the step
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Run one optimizer step on a batch; return its data loss (detached, not synced)."""
+        mlp = self._plain_mlp() if self._plain_forward else None
+        if mlp is not None and xb.dtype == mlp[1][0].weight.dtype:
+            terms = self.regularizer._elementwise_grad_terms() if self._loss_mode else None
+            loss = mlp_grads_(*mlp, xb, yb, terms)
+            if self._loss_mode and terms is None:  # group or Lp terms: the penalty's own gradient
+                self.regularizer._add_penalty_grads(self.optimizer)
+            self.optimizer.step()
+            return loss
         loss = F.cross_entropy(self.forward(xb), yb)
         total = loss + self.regularizer.penalty() if self._loss_mode else loss
         for p in self._grad_params():  # zero_grad(set_to_none=True), minus its overhead
@@ -168,6 +186,19 @@ class Trainer:
             self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
             self._params_of = self.optimizer
         return self._params
+
+    def _plain_mlp(self) -> tuple[bool, tuple[nn.Linear, ...]] | None:
+        """The model's layers when the hand-written MLP step can train it with this optimizer."""
+        key = (id(self.optimizer), *map(id, self.model._modules.values()))
+        if key != self._mlp_key:
+            self._mlp_key = key
+            found = mlp_layers(self.model)
+            held = {id(p) for p in self._grad_params()}
+            mine = {id(p) for m in found[1] for p in m.parameters()} if found else set()
+            self._mlp = found if found and held <= mine else None
+        elif self._mlp is not None and has_hooks(self.model):  # hooks added since: honour them
+            self._mlp = None
+        return self._mlp
 
     def lr(self) -> float:
         """Return the first parameter group's current learning rate."""

@@ -1,0 +1,161 @@
+"""A hand-written forward and backward for plain MLPs: autograd's numbers, a fraction of its overhead.
+
+For the tutorial's network (``Flatten → Linear → ReLU → … → Linear`` and a mean cross-entropy)
+at small batches, most of a training step is per-operation overhead, not arithmetic: building the
+autograd graph, running its engine, and ``AccumulateGrad`` allocating gradient tensors. This module
+computes the same gradients with the very ATen kernels autograd's derivative formulas call —
+``addmm`` forward; ``nll_loss_backward`` and ``_log_softmax_backward_data`` for the loss;
+``mm`` / ``sum`` for each Linear's weight and bias; ``mm`` and ``threshold_backward`` through each
+ReLU — and writes the weight and bias gradients straight into persistent ``.grad`` buffers.
+
+For a batch ``X`` (``n × d₀``), layers ``hₖ = aₖ₋₁Wₖᵀ + bₖ``, ``aₖ = max(hₖ, 0)`` and
+``L = −(1/n) Σᵢ log softmax(h_K)ᵢ,yᵢ``, with ``δ_K = ∂L/∂h_K = (softmax(h_K) − onehot(y))/n``:
+``∂L/∂Wₖ = δₖᵀ aₖ₋₁``, ``∂L/∂bₖ = Σᵢ δₖ,ᵢ`` and ``δₖ₋₁ = (δₖ Wₖ) ⊙ [aₖ₋₁ > 0]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module
+
+__all__ = ["has_hooks", "mlp_grads_", "mlp_layers"]
+
+_ATEN = torch.ops.aten
+_MEAN = 1  # at::Reduction::Mean
+_IGNORE_INDEX = -100
+
+_Terms = Mapping[int, tuple[float, float]] | None
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    return bool(
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Return whether ``model``, a direct child of it or the global module registry has a hook."""
+    return _global_hooks() or _hooked(model) or any(_hooked(m) for m in model._modules.values())
+
+
+def mlp_layers(model: nn.Module) -> tuple[bool, tuple[nn.Linear, ...]] | None:
+    """Return ``(flatten, linears)`` when ``model`` is a plain MLP this module can train, else None.
+
+    A plain MLP is exactly an ``nn.Sequential`` of an optional leading ``nn.Flatten()`` (default
+    dimensions) followed by ``Linear``, then any number of ``ReLU → Linear``, with no module hooks,
+    no parametrizations (they change the module's class) and every parameter requiring grad.
+    """
+    if type(model) is not nn.Sequential or _hooked(model) or _global_hooks():
+        return None
+    modules = list(model._modules.values())
+    flatten = bool(modules) and type(modules[0]) is nn.Flatten
+    if flatten:
+        if (modules[0].start_dim, modules[0].end_dim) != (1, -1) or _hooked(modules[0]):
+            return None
+        modules = modules[1:]
+    if len(modules) % 2 == 0:
+        return None
+    linears = modules[0::2]
+    if not all(type(m) is nn.Linear for m in linears) or not all(type(m) is nn.ReLU for m in modules[1::2]):
+        return None
+    if any(_hooked(m) for m in modules):
+        return None
+    if not all(p.requires_grad for m in linears for p in m.parameters()):
+        return None
+    return flatten, tuple(linears)
+
+
+def _grad_buffer(param: torch.Tensor) -> torch.Tensor:
+    """Return ``param.grad``, first replaced by a new buffer if it cannot be written in place."""
+    grad = param.grad
+    if grad is None or grad.shape != param.shape or grad.dtype != param.dtype or not grad.is_contiguous():
+        grad = param.grad = torch.empty_like(param, memory_format=torch.contiguous_format)
+    return grad
+
+
+def _weight_grad_(weight: torch.Tensor, delta_t: torch.Tensor, a_prev: torch.Tensor, terms: _Terms) -> None:
+    """``∇W ← δᵀ·a (+ a₁·sign(W) + a₂·W)``, the penalty term folded into the matrix product."""
+    grad = _grad_buffer(weight)
+    a1, a2 = terms.get(id(weight), (0.0, 0.0)) if terms else (0.0, 0.0)
+    if a1:
+        torch.sign(weight, out=grad)
+        grad.addmm_(delta_t, a_prev, beta=a1)
+        if a2:
+            grad.add_(weight, alpha=a2)
+    elif a2:
+        torch.addmm(weight, delta_t, a_prev, beta=a2, out=grad)
+    else:
+        torch.mm(delta_t, a_prev, out=grad)
+
+
+def _bias_grad_(bias: torch.Tensor, delta: torch.Tensor, terms: _Terms) -> None:
+    """``∇b ← Σᵢ δᵢ (+ a₁·sign(b) + a₂·b)``."""
+    grad = _grad_buffer(bias)
+    torch.sum(delta, 0, out=grad)
+    a1, a2 = terms.get(id(bias), (0.0, 0.0)) if terms else (0.0, 0.0)
+    if a1:
+        grad.add_(torch.sign(bias), alpha=a1)
+    if a2:
+        grad.add_(bias, alpha=a2)
+
+
+def mlp_grads_(
+    flatten: bool,
+    linears: tuple[nn.Linear, ...],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    terms: _Terms = None,
+) -> torch.Tensor:
+    """Set every parameter's ``.grad`` to ``∂(L + R)/∂θ``; return the mean cross-entropy ``L`` (0-dim).
+
+    Args:
+        flatten: Whether the model starts with ``nn.Flatten()`` (``x`` is flattened from dim 1).
+        linears: The model's Linear layers, in order, with a ReLU between consecutive ones.
+        x: The batch's inputs.
+        y: The batch's class indices (int64).
+        terms: An element-wise penalty ``R`` as ``{id(p): (a₁, a₂)}`` with
+            ``∂R/∂p = a₁·sign(p) + a₂·p`` (see ``Regularizer._elementwise_grad_terms``); None or
+            missing parameters: no penalty.
+
+    Returns:
+        The batch's mean cross-entropy, detached.
+
+    The ``.grad`` buffers are overwritten, not accumulated into (as after ``zero_grad()``).
+    """
+    with torch.no_grad():
+        a = x.flatten(1) if flatten else x
+        activations = [a]
+        last = len(linears) - 1
+        for k, layer in enumerate(linears):
+            w, b = layer.weight, layer.bias
+            h = torch.addmm(b, a, w.t()) if b is not None else torch.mm(a, w.t())
+            if k < last:
+                h.relu_()
+                activations.append(h)
+            a = h
+        log_probs = torch.log_softmax(a, 1)
+        loss, total_weight = _ATEN.nll_loss_forward(log_probs, y, None, _MEAN, _IGNORE_INDEX)
+        delta = _ATEN.nll_loss_backward(
+            torch.ones((), dtype=loss.dtype, device=loss.device),
+            log_probs, y, None, _MEAN, _IGNORE_INDEX, total_weight,
+        )  # fmt: skip
+        delta = _ATEN._log_softmax_backward_data(delta, log_probs, 1, log_probs.dtype)
+        for k in range(last, -1, -1):
+            layer = linears[k]
+            a_prev = activations[k]
+            _weight_grad_(layer.weight, delta.t(), a_prev, terms)
+            if layer.bias is not None:
+                _bias_grad_(layer.bias, delta, terms)
+            if k:
+                delta = _ATEN.threshold_backward(torch.mm(delta, layer.weight), a_prev, 0)
+    return loss

@@ -1,0 +1,34 @@
+"""How many threads ``regtorch train`` picks, and the FLOP count it decides by."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from regtorch.training import TrainConfig, choose_threads
+from regtorch.training._build import step_flops
+
+
+def _mnist_mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+
+
+def test_step_flops_is_three_forwards_of_the_batch():
+    weights = 784 * 64 + 64 * 32 + 32 * 10
+    assert step_flops(_mnist_mlp(), (1, 28, 28), 10) == 3 * 2 * weights * 10
+
+
+@pytest.mark.parametrize("batch_size, expected", [(10, 1), (128, 2)])
+def test_small_steps_get_one_thread_larger_ones_every_core(monkeypatch, batch_size, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    cfg = TrainConfig(batch_size=batch_size)
+    assert choose_threads(cfg, _mnist_mlp(), (1, 28, 28)) == expected
+
+
+def test_one_core_or_an_explicit_choice_wins(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
+    assert choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28)) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert choose_threads(TrainConfig(batch_size=10, threads=3), _mnist_mlp(), (1, 28, 28)) == 3
