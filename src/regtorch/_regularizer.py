@@ -156,6 +156,9 @@ class Regularizer:
         self.fused = fused
         self._scale = 1.0
         self.num_steps = 0
+        # Set by a training loop that already added this step's grad-mode (sub)gradient to .grad
+        # (folded into its own backward pass); the next grad hook then skips it, once.
+        self._grad_added = False
         self._handles: list[AttachHandle] = []
         self._rules = self._resolve(model, penalty, params, exclude)
         self._rule_of = {id(p): r for r in self._rules for p in r.params}
@@ -273,7 +276,8 @@ class Regularizer:
 
         ``a₁ = s·λ₁`` and ``a₂ = 2·s·λ₂`` for every regularized parameter when each rule's penalty
         is element-wise (L1 and squared-L2 terms only) and nothing is sharded; None otherwise.
-        The training loop uses it to fold the loss-mode gradient into its own backward pass.
+        The training loop uses it to fold the loss- and grad-mode gradient into its own backward
+        pass (in grad mode it then sets ``_grad_added`` so that the step's hook skips it).
         """
         if self._sharded:
             return None
@@ -369,6 +373,9 @@ class Regularizer:
     def _grad_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         # ``args`` is the step's full argument tuple: (optimizer, closure?) — the closure, if any,
         # is args[1] or kwargs["closure"].
+        if self._grad_added:
+            self._grad_added = False
+            return None
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is not None:
             # step(closure) computes the gradients inside the closure: add ∂R right after it runs.

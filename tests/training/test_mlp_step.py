@@ -223,3 +223,41 @@ def test_group_and_lp_penalties_have_no_elementwise_terms():
     assert rt.Regularizer(model, rt.GroupLasso(1e-2))._elementwise_grad_terms() is None
     assert rt.Regularizer(model, rt.Lp(1.5, 1e-2))._elementwise_grad_terms() is None
     assert rt.Regularizer(model, rt.L1(1e-2) + rt.L2(1e-3))._elementwise_grad_terms() is not None
+
+
+def _grad_mode_trainer(attach: str):
+    torch.manual_seed(6)
+    model = _mlp(24, 16, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    reg = rt.Regularizer(model, rt.L1(1e-2), mode="grad")
+    if attach in ("once", "removed"):
+        handle = reg.attach(opt)
+        if attach == "removed":
+            handle.remove()
+    elif attach == "twice":
+        reg.attach(opt)
+        reg.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = _data()
+    trainer = Trainer(
+        model, opt, x, y, regularizer=reg, epochs=1, batch_size=8, generator=torch.Generator().manual_seed(0)
+    )
+    return trainer, model, reg, x, y
+
+
+@pytest.mark.parametrize(
+    "attach, folds", [("once", True), ("removed", False), ("twice", False), ("never", False)]
+)
+def test_grad_mode_folds_only_when_its_one_hook_would_add_the_gradient(attach, folds):
+    trainer, model, reg, x, y = _grad_mode_trainer(attach)
+    trainer.train_step(x[:8], y[:8])
+    assert trainer._can_fold() is folds
+    assert reg._grad_added is False  # consumed by the hook, or never set
+    # the gradient the optimizer saw: data gradient + L1 subgradient iff a hook is attached
+    reference = _mlp(24, 16, 5)
+    reference.load_state_dict(model.state_dict())
+    w_before = reference[1].weight.detach()
+    trainer.train_step(x[8:16], y[8:16])
+    F.cross_entropy(reference(x[8:16]), y[8:16]).backward()
+    hooks = {"once": 1, "removed": 0, "twice": 1, "never": 0}[attach]  # only this optimizer steps
+    expected = reference[1].weight.grad + hooks * 1e-2 * torch.sign(w_before)
+    torch.testing.assert_close(model[1].weight.grad, expected, rtol=1e-12, atol=1e-15)

@@ -84,8 +84,9 @@ class Trainer:
     → step`` on each. A plain MLP (``nn.Sequential`` of Flatten, Linear and ReLU, trained through
     ``model`` itself) skips autograd: :mod:`regtorch.training._mlp_step` writes the same gradients
     with the same kernels, and in loss mode the penalty's gradient is added to them directly (the
-    gradient of ``loss + penalty``; the penalty's value is computed only when logged); an
-    element-wise penalty's ``a₁·sign(W) + a₂·W`` is folded into the weight-gradient product.
+    gradient of ``loss + penalty``; the penalty's value is computed only when logged). An
+    element-wise penalty's ``a₁·sign(W) + a₂·W`` is folded into the weight-gradient product, in
+    loss mode and in grad mode (whose optimizer hook then skips the step's gradient).
 
     Losses stay on the device and are read only every ``log_every`` batches and at the end of an
     epoch, which then evaluates train/validation loss and accuracy, penalty and sparsity, writes a
@@ -161,16 +162,20 @@ class Trainer:
         self._plain_forward = forward is None
         self._mlp_key: tuple[int, ...] = ()
         self._mlp: tuple[bool, tuple[nn.Linear, ...]] | None = None
+        self._holds_regularized = False
 
     # ----------------------------------------------------------------- the step
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Run one optimizer step on a batch; return its data loss (detached, not synced)."""
         mlp = self._plain_mlp() if self._plain_forward else None
         if mlp is not None and xb.dtype == mlp[1][0].weight.dtype:
-            terms = self.regularizer._elementwise_grad_terms() if self._loss_mode else None
+            reg = self.regularizer
+            terms = reg._elementwise_grad_terms() if self._can_fold() else None
             loss = mlp_grads_(*mlp, xb, yb, terms)
-            if self._loss_mode and terms is None:  # group or Lp terms: the penalty's own gradient
-                self.regularizer._add_penalty_grads(self.optimizer)
+            if terms is not None and not self._loss_mode:
+                reg._grad_added = True  # grad mode: the step's hook must not add it again
+            elif terms is None and self._loss_mode:  # group or Lp terms: the penalty's own gradient
+                reg._add_penalty_grads(self.optimizer)
             self.optimizer.step()
             return loss
         loss = F.cross_entropy(self.forward(xb), yb)
@@ -196,9 +201,26 @@ class Trainer:
             held = {id(p) for p in self._grad_params()}
             mine = {id(p) for m in found[1] for p in m.parameters()} if found else set()
             self._mlp = found if found and held <= mine else None
+            reg = self.regularizer
+            self._holds_regularized = reg is not None and {id(p) for p in reg.parameters()} <= held
         elif self._mlp is not None and has_hooks(self.model):  # hooks added since: honour them
             self._mlp = None
         return self._mlp
+
+    def _can_fold(self) -> bool:
+        """Whether the hand-written step may add the penalty's gradient itself.
+
+        Loss mode: always. Grad mode: when the regularizer is attached to this optimizer only and
+        the optimizer holds every regularized parameter, so that skipping its hook once per step
+        adds the gradient exactly once.
+        """
+        if self._loss_mode:
+            return True
+        reg = self.regularizer
+        if reg is None or reg.mode != "grad" or not self._holds_regularized:
+            return False
+        handles = reg._handles
+        return len(handles) == 1 and handles[0].optimizer is self.optimizer
 
     def lr(self) -> float:
         """Return the first parameter group's current learning rate."""
