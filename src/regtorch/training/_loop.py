@@ -15,6 +15,7 @@ from torch import nn
 import regtorch
 from regtorch.data import iterate_batches
 from regtorch.training._errors import RunFailed
+from regtorch.training._fused_adam import fused_adam_step
 from regtorch.training._metrics import PenaltyParts, format_log_line, weight_sparsity
 from regtorch.training._mlp_step import has_hooks, mlp_grads_, mlp_layers
 from regtorch.training._progress import Reporter
@@ -176,15 +177,20 @@ class Trainer:
                 reg._grad_added = True  # grad mode: the step's hook must not add it again
             elif terms is None and self._loss_mode:  # group or Lp terms: the penalty's own gradient
                 reg._add_penalty_grads(self.optimizer)
-            self.optimizer.step()
+            self._step_optimizer()
             return loss
         loss = F.cross_entropy(self.forward(xb), yb)
         total = loss + self.regularizer.penalty() if self._loss_mode else loss
         for p in self._grad_params():  # zero_grad(set_to_none=True), minus its overhead
             p.grad = None
         total.backward()
-        self.optimizer.step()
+        self._step_optimizer()
         return loss.detach()
+
+    def _step_optimizer(self) -> None:
+        """``optimizer.step()``; a fused Adam/AdamW takes the short way (same update and hooks)."""
+        if not fused_adam_step(self.optimizer):
+            self.optimizer.step()
 
     def _grad_params(self) -> list[torch.Tensor]:
         if self._params_of is not self.optimizer:  # the optimizer was rebuilt
