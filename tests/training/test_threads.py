@@ -32,3 +32,11 @@ def test_one_core_or_an_explicit_choice_wins(monkeypatch):
     assert choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28)) == 1
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert choose_threads(TrainConfig(batch_size=10, threads=3), _mnist_mlp(), (1, 28, 28)) == 3
+
+
+def test_torchrun_processes_share_the_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28)) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28)) == 1

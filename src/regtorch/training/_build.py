@@ -195,7 +195,8 @@ def choose_threads(cfg: TrainConfig, model: nn.Module, input_shape: Sequence[int
 
     Steps below ``_SMALL_STEP_FLOPS`` (the tutorial MLP at small batches, digits) run fastest
     on one thread: a second one costs more in synchronisation than it gains, and far more when
-    another process holds the other core. Larger steps use every core this process may use.
+    another process holds the other core. Larger steps use every core this process may use,
+    shared among the processes ``torchrun`` started on this machine (``LOCAL_WORLD_SIZE``).
     """
     if cfg.threads is not None:
         return cfg.threads
@@ -203,6 +204,8 @@ def choose_threads(cfg: TrainConfig, model: nn.Module, input_shape: Sequence[int
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cores = max(1, cores // max(1, local_processes))
     if cores == 1 or step_flops(model, input_shape, cfg.batch_size) < _SMALL_STEP_FLOPS:
         return 1
     return cores
