@@ -182,3 +182,13 @@ def test_compile_option_compiles_the_training_forward(cli, tmp_path, monkeypatch
     assert result.status == 0, result
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "Sequential"
     assert read_json(tmp_path / "config.json")["config"]["compile"] is True
+
+
+def test_keep_denormals_is_recorded_and_default_flushes(cli, tmp_path):
+    flushed, kept = tmp_path / "flushed", tmp_path / "kept"
+    assert cli("train", *FAST, "--no-plots", "--out", flushed).status == 0
+    assert cli("train", *FAST, "--no-plots", "--keep-denormals", "--out", kept).status == 0
+    assert read_json(flushed / "config.json")["config"]["flush_denormal"] is True
+    assert read_json(kept / "config.json")["config"]["flush_denormal"] is False
+    # digits never reach denormals in a few epochs: the same run either way
+    assert read_json(flushed / "summary.json")["test_accuracy"] == read_json(kept / "summary.json")["test_accuracy"]

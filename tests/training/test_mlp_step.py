@@ -261,3 +261,29 @@ def test_grad_mode_folds_only_when_its_one_hook_would_add_the_gradient(attach, f
     hooks = {"once": 1, "removed": 0, "twice": 1, "never": 0}[attach]  # only this optimizer steps
     expected = reference[1].weight.grad + hooks * 1e-2 * torch.sign(w_before)
     torch.testing.assert_close(model[1].weight.grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_fit_flushes_denormals_while_training_and_restores_the_setting():
+    from regtorch.training._loop import flush_denormal_enabled
+
+    seen = []
+
+    from regtorch.training import Callback
+
+    class Record(Callback):
+        def on_step_end(self, trainer, loss):
+            seen.append(flush_denormal_enabled())
+
+    model = _mlp(24, 8, 5)
+    x, y = _data()
+    for flush in (True, False):
+        seen.clear()
+        assert not flush_denormal_enabled()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        trainer = Trainer(
+            model, opt, x, y, epochs=1, batch_size=8, generator=torch.Generator().manual_seed(0),
+            callbacks=[Record()], flush_denormal=flush,
+        )  # fmt: skip
+        trainer.fit()
+        assert seen and all(s is flush for s in seen)
+        assert not flush_denormal_enabled()

@@ -109,6 +109,7 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
             ) from exc
         if ctx.is_main:
             _emit_json(args, summary)
+        ctx.barrier()  # every rank is done with collectives before any destroys the group
         return 0
     finally:
         ctx.close()

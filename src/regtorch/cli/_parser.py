@@ -36,7 +36,7 @@ CONFIG_OPTIONS = (
     "step_size", "gamma", "seed",
     "penalty", "l1", "l2", "alpha", "l1_ratio", "p", "strength", "groups", "params", "mode",
     "step_factor", "layer_l1", "prox_metric", "finetune_epochs",
-    "log_every", "threads", "device", "fused", "compile",
+    "log_every", "threads", "device", "fused", "compile", "flush_denormal",
 )  # fmt: skip
 
 
@@ -325,6 +325,14 @@ def _output_options(parser: argparse.ArgumentParser, resumable: bool = True) -> 
         action="store_false",
         default=S,
         help="do not use the fused Adam/AdamW/SGD kernels",
+    )
+    g.add_argument(
+        "--keep-denormals",
+        dest="flush_denormal",
+        action="store_false",
+        default=S,
+        help="compute with denormal floats (default: flush them to zero while training, which "
+        "keeps Adam fast once gradients vanish)",
     )
 
 

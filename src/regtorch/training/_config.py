@@ -133,6 +133,8 @@ class TrainConfig:
     device: str = "cpu"
     fused: bool | None = None
     compile: bool = False
+    flush_denormal: bool = True
+    """Flush denormal floats to zero while training (``torch.set_flush_denormal``): see Trainer."""
     label: str = field(default="")
 
     # ------------------------------------------------------------------ conversion

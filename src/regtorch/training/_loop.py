@@ -60,6 +60,12 @@ class TrainState:
     samples: int = 0
 
 
+def flush_denormal_enabled() -> bool:
+    """Return whether this thread flushes denormal float32 numbers to zero (``torch.set_flush_denormal``)."""
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    return float(tiny.mul_(1e-10)[0]) == 0.0  # 1e-40 is denormal in float32
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Return the mean cross-entropy and the accuracy of ``model`` on ``(x, y)``, in eval mode."""
@@ -113,6 +119,11 @@ class Trainer:
         step_fn: Replace the train step; gets ``(x, y)``, returns the detached data loss.
         forward: What computes the logits in training steps (default ``model``; e.g.
             ``torch.compile(model)``). Evaluation always uses ``model``.
+        flush_denormal: Flush denormal floats (below ~1.2e-38 in float32) to zero while
+            :meth:`fit` runs, as TensorFlow does on CPU, and restore the previous setting after.
+            Adam's moments of parameters whose gradient stays zero (inputs that are always 0,
+            dead ReLU units) decay into denormals, and CPU arithmetic on denormals is slow:
+            without flushing, the MNIST MLP's later epochs run ~25% slower at batch 10.
     """
 
     def __init__(
@@ -136,7 +147,9 @@ class Trainer:
         y_val: torch.Tensor | None = None,
         step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        flush_denormal: bool = True,
     ) -> None:
+        self.flush_denormal = flush_denormal
         self.model = model
         self.optimizer = optimizer
         self.regularizer = regularizer
@@ -247,12 +260,18 @@ class Trainer:
             RunFailed: If the loss becomes NaN or infinite (the last checkpoint is kept).
         """
         self.model.train()
-        for cb in self.callbacks:
-            cb.on_train_start(self)
-        while self.state.epoch < self.epochs and not self.should_stop:
-            self._run_epoch(self.state.epoch + 1)
-        for cb in self.callbacks:
-            cb.on_train_end(self)
+        flushing = flush_denormal_enabled()
+        if self.flush_denormal:
+            torch.set_flush_denormal(True)
+        try:
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+            while self.state.epoch < self.epochs and not self.should_stop:
+                self._run_epoch(self.state.epoch + 1)
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+        finally:
+            torch.set_flush_denormal(flushing)
         return self.history
 
     def _batches(self):

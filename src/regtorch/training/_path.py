@@ -286,6 +286,7 @@ def _trace(session, out: Path, values: list[float], state, reporter: Reporter, p
             batch_size=cfg.batch_size,
             generator=session.generator,
             reporter=Reporter(reporter.stream, silent=True, progress=reporter.progress),
+            flush_denormal=cfg.flush_denormal,
         )
         trainer.fit()
         if handle is not None:

@@ -412,6 +412,7 @@ def _train(
         x_val=data.x_val,
         y_val=data.y_val,
         forward=session.forward,
+        flush_denormal=cfg.flush_denormal,
         **extra,
     )
     wall = [0.0, started]
