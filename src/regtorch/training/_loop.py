@@ -174,7 +174,7 @@ class Trainer:
         self._params: list[torch.Tensor] = []
         self._params_of: torch.optim.Optimizer | None = None
         self._plain_forward = forward is None
-        self._mlp_key: tuple[int, ...] = ()
+        self._mlp_key: tuple[Any, ...] = ()
         self._mlp: tuple[bool, tuple[nn.Linear, ...]] | None = None
         self._holds_regularized = False
 
@@ -213,7 +213,7 @@ class Trainer:
 
     def _plain_mlp(self) -> tuple[bool, tuple[nn.Linear, ...]] | None:
         """The model's layers when the hand-written MLP step can train it with this optimizer."""
-        key = (id(self.optimizer), *map(id, self.model._modules.values()))
+        key = (self.optimizer, *self.model._modules.values())  # objects, not ids: no id reuse
         if key != self._mlp_key:
             self._mlp_key = key
             found = mlp_layers(self.model)
