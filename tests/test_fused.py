@@ -123,3 +123,67 @@ def test_regularizer_fused_grad_mode_equals_eager() -> None:
 
     for a, b in zip(run(False), run(True), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _loss_mode(penalty, tensors, fused, scale):
+    params = [nn.Parameter(t.clone()) for t in tensors]
+    value = penalty.value(params, fused=fused)
+    (scale * value).backward()
+    return value, [p.grad for p in params]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("penalty", ELEMENTWISE, ids=repr)
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_fused_loss_mode_equals_eager_and_float64(penalty, dtype, scale) -> None:
+    # one eligible odd-sized tensor (a partial last row), one eligible 2-D one, one small (eager)
+    tensors = [*_tensors(dtype), torch.randn(10, 3).to(dtype)]
+    value_eager, grads_eager = _loss_mode(penalty, tensors, False, scale)
+    value_fused, grads_fused = _loss_mode(penalty, tensors, True, scale)
+    exact = sum(penalty.value(t.to(torch.float64)) for t in tensors)
+    assert value_fused.dtype == value_eager.dtype
+    torch.testing.assert_close(value_fused.double(), exact, rtol=1e-6, atol=0)
+    tol = {"rtol": 2e-2, "atol": 3e-2} if dtype == torch.bfloat16 else {"rtol": 1e-6, "atol": 1e-7}
+    for a, b in zip(grads_eager, grads_fused, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_fused_loss_mode_value_accurate_at_float32() -> None:
+    w = torch.randn(3 * N, generator=torch.Generator().manual_seed(1)) + 0.5
+    exact = 0.3 * w.double().abs().sum() + 0.2 * w.double().square().sum()
+    got = rt.ElasticNet(l1=0.3, l2=0.2).value([nn.Parameter(w)], fused=True)
+    assert abs(got.item() - exact.item()) / exact.item() < 1e-6
+
+
+def test_fused_loss_mode_retain_graph_and_accumulation() -> None:
+    penalty = rt.ElasticNet(l1=0.1, l2=0.3)
+    p = nn.Parameter(torch.randn(N))
+    expected = penalty.grad([p])[0]
+    value = penalty.value([p], fused=True)
+    value.backward(retain_graph=True)
+    value.backward()  # the second backward recomputes: the first gradient was handed over
+    torch.testing.assert_close(p.grad, 2 * expected)
+    for _ in range(2):  # the gradient buffer is reused, .grad accumulates
+        penalty.value([p], fused=True).backward()
+    torch.testing.assert_close(p.grad, 4 * expected)
+
+
+def test_fused_loss_mode_never_overwrites_a_gradient_someone_holds() -> None:
+    penalty = rt.L1(1.0)
+    p = nn.Parameter(torch.randn(N))
+    (first,) = torch.autograd.grad(penalty.value([p], fused=True), [p])
+    kept = first.clone()
+    with torch.no_grad():
+        p.neg_()
+    (second,) = torch.autograd.grad(penalty.value([p], fused=True), [p])
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)  # the caller's tensor is untouched
+    torch.testing.assert_close(second, -kept, rtol=0, atol=0)
+
+
+def test_fused_loss_mode_detects_in_place_changes() -> None:
+    p = nn.Parameter(torch.randn(N))
+    value = rt.L2(1.0).value([p], fused=True)
+    with torch.no_grad():
+        p.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        value.backward()

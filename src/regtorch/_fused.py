@@ -5,7 +5,8 @@ The element-wise part of every closed-form penalty is described by two numbers (
 kernels cover all of it:
 
 * ``add_grad``:  ``g ← g + a₁·sign(w) + a₂·w``          (grad mode; ``a₁ = αλ₁``, ``a₂ = 2αλ₂``)
-* ``new_grad``:  ``return a₁·sign(w) + a₂·w``            (loss mode's backward)
+* ``new_grad``:  ``return a₁·sign(w) + a₂·w``            (the gradient as a new tensor)
+* ``value_grad``: ``out ← a₁·sign(w) + a₂·w`` and return ``Σ|w|``, ``Σw²``   (loss mode's forward)
 * ``prox``:      ``w ← sign(w)·max(|w| − τ, 0) / c``     (prox mode; ``τ = tλ₁``, ``c = 1 + 2tλ₂``)
 
 Each is compiled once per device and dtype on 1-D views with dynamic shapes, and the scalars are
@@ -28,8 +29,10 @@ __all__ = [
     "FUSED_MIN_TENSOR",
     "fused_add_grad_",
     "fused_available",
+    "fused_eligible",
     "fused_new_grad",
     "fused_prox_",
+    "fused_value_grad",
     "use_fused",
 ]
 
@@ -54,9 +57,28 @@ def _prox(w: torch.Tensor, tau: torch.Tensor, c: torch.Tensor) -> None:
     w.copy_(torch.sign(w) * torch.clamp(w.abs() - tau, min=0) / c)
 
 
+ROW = 1024
+"""``fused_value_grad`` works on rows of this many elements: one row is summed, then its gradient
+written, while it sits in the L1 cache; rows sum in float32 (error ~1e-10 relative per row) and the
+row sums in float64."""
+
+
+def _value_grad(
+    w: torch.Tensor, out: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    acc = torch.float64 if w.dtype == torch.float64 else torch.float32
+    abs_rows = w.abs().sum(1, keepdim=True, dtype=acc)
+    square_rows = (w * w).sum(1, keepdim=True, dtype=acc)
+    grad = torch.sign(w) * a1 + w * a2
+    # The two branches are equal, so this stores `grad`; the (always true) dependency on the row sums
+    # makes Inductor emit one loop over rows for sums and store, so each row is read once from memory.
+    out.copy_(torch.where(abs_rows >= 0, grad, grad))
+    return abs_rows, square_rows
+
+
 @functools.cache
 def _compiled(name: str) -> Callable:
-    function = {"add_grad": _add_grad, "new_grad": _new_grad, "prox": _prox}[name]
+    function = {"add_grad": _add_grad, "new_grad": _new_grad, "prox": _prox, "value_grad": _value_grad}[name]
     return torch.compile(function, dynamic=True, fullgraph=True)
 
 
@@ -87,8 +109,12 @@ def use_fused(tensors: Sequence[torch.Tensor], fused: bool | None) -> bool:
     return all(fused_available(t.device.type) for t in tensors)
 
 
-def _eligible(tensor: torch.Tensor) -> bool:
+def fused_eligible(tensor: torch.Tensor) -> bool:
+    """Whether the compiled kernels take ``tensor``: contiguous, ``FUSED_MIN_TENSOR`` elements or more."""
     return tensor.numel() >= FUSED_MIN_TENSOR and tensor.is_contiguous()
+
+
+_eligible = fused_eligible
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -136,6 +162,40 @@ def fused_new_grad(tensor: torch.Tensor, a1: float, a2: float) -> torch.Tensor |
     if out is False or out is None:
         return None
     return out.view_as(tensor)
+
+
+def fused_value_grad(
+    tensor: torch.Tensor, out: torch.Tensor, a1: float, a2: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Write ``out ← a₁·sign(w) + a₂·w`` and return ``(Σ|w|, Σw²)`` in one pass over ``w = tensor``.
+
+    The sums are float64 0-dim tensors (float32 sums of rows of :data:`ROW` elements, added in
+    float64); ``out`` is a contiguous tensor of ``tensor``'s shape and dtype. Returns ``None`` (and
+    leaves ``out`` alone) if the tensor is not eligible or compilation failed.
+    """
+    if _broken or not _eligible(tensor) or not out.is_contiguous() or out.dtype != tensor.dtype:
+        return None
+    flat, flat_out = tensor.view(-1), out.view(-1)
+    rows = flat.numel() // ROW
+    bulk = rows * ROW
+    sums = _run(
+        "value_grad",
+        flat[:bulk].view(rows, ROW),
+        flat_out[:bulk].view(rows, ROW),
+        _scalar(a1, tensor),
+        _scalar(a2, tensor),
+    )
+    if sums is False or sums is None:
+        return None
+    abs_rows, square_rows = sums
+    abs_sum, square_sum = abs_rows.sum(dtype=torch.float64), square_rows.sum(dtype=torch.float64)
+    if bulk < flat.numel():  # the last partial row, eagerly (fewer than ROW elements)
+        tail, tail_out = flat[bulk:], flat_out[bulk:]
+        torch.sign(tail, out=tail_out).mul_(a1).add_(tail, alpha=a2)
+        wide = tail.to(torch.float64)
+        abs_sum = abs_sum + wide.abs().sum()
+        square_sum = square_sum + wide.square().sum()
+    return abs_sum, square_sum
 
 
 def fused_prox_(tensors: Sequence[torch.Tensor], tau: float, c: float) -> list[int]:

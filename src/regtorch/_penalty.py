@@ -2,8 +2,8 @@
 
 A penalty ``R`` maps a list of tensors ``[w₁, …, w_k]`` to ``Σᵢ R(wᵢ)``. Every penalty offers
 
-* :meth:`Penalty.value` — ``R`` as a 0-dim tensor, differentiable (its backward writes the
-  (sub)gradient in one pass per tensor: no parameter-sized temporaries beyond the gradient);
+* :meth:`Penalty.value` — ``R`` as a 0-dim tensor, differentiable (the (sub)gradient is written in
+  one pass per tensor: no parameter-sized temporaries beyond the gradient);
 * :meth:`Penalty.grad` / :meth:`Penalty.add_grad_` — the (sub)gradient, 0 at kinks;
 * :meth:`Penalty.prox` — ``w ← argmin_x ½‖x − w‖² + t·R(x)``, in place;
 * :meth:`Penalty.get_config` / :func:`penalty_from_config` — a JSON round trip.
@@ -21,8 +21,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from regtorch import _distributed
+from regtorch._buffers import gradient_buffer
 from regtorch._distributed import has_dtensor
-from regtorch._fused import fused_add_grad_, fused_new_grad, use_fused
+from regtorch._fused import fused_add_grad_, fused_eligible, fused_new_grad, fused_value_grad, use_fused
 from regtorch._proximal import ProxPlan, apply_prox_plan, group_reduce_dims
 from regtorch._reductions import CHUNK, group_by_device_and_dtype, result_dtype
 from regtorch._validation import Interval, check_real
@@ -90,7 +91,13 @@ def _foreach_elementwise_grads(tensors: list[torch.Tensor], a1: float, a2: float
 
 
 class _PenaltyValue(torch.autograd.Function):
-    """``R(w₁, …, w_k)`` whose backward writes ``∂R`` directly (one pass per tensor)."""
+    """``R(w₁, …, w_k)`` whose backward hands autograd ``∂R`` without extra passes.
+
+    For an element-wise penalty on the compiled path, the forward writes each large tensor's
+    gradient in the same pass that sums the value (into a reusable buffer on CPU, see
+    :mod:`regtorch._buffers`), and the backward returns it, scaled unless ``grad_output`` is 1. Other
+    tensors get their gradient computed in the backward, in one pass each.
+    """
 
     @staticmethod
     def forward(ctx: Any, penalty: Penalty, foreach: bool | None, fused: bool | None, *tensors: torch.Tensor):
@@ -98,20 +105,71 @@ class _PenaltyValue(torch.autograd.Function):
         ctx.foreach = foreach
         ctx.fused = fused
         ctx.save_for_backward(*tensors)
+        ctx.grads = None
+        plan = penalty._elementwise_plan()
+        if plan is not None and use_fused(tensors, fused):
+            value, ctx.grads = _value_and_grads(penalty, tensors, plan)
+            if value is not None:
+                return value
         return penalty._value_no_grad(tensors)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor):
-        tensors = ctx.saved_tensors
+        tensors = ctx.saved_tensors  # raises if a tensor was modified in place since the forward
+        ready, ctx.grads = ctx.grads, None  # a second backward (retain_graph) recomputes
         scale = 1.0
         if grad_output.device.type == "cpu":
             scale, grad_output = float(grad_output), None
-        grads = ctx.penalty.grad(tensors, foreach=ctx.foreach, fused=ctx.fused, scale=scale)
+        if ready is None:
+            ready = [None] * len(tensors)
+        elif scale != 1.0:
+            for g in ready:
+                if g is not None:
+                    g.mul_(scale)
+        todo = [i for i, g in enumerate(ready) if g is None]
+        if todo:
+            computed = ctx.penalty.grad(
+                [tensors[i] for i in todo], foreach=ctx.foreach, fused=ctx.fused, scale=scale
+            )
+            for i, g in zip(todo, computed, strict=True):
+                ready[i] = g
         if grad_output is not None:  # on an accelerator: no host sync, scale on the device
-            for g in grads:
+            for g in ready:
                 g.mul_(grad_output.to(device=g.device, dtype=g.dtype))
-        return (None, None, None, *grads)
+        return (None, None, None, *ready)
+
+
+def _value_and_grads(
+    penalty: Penalty, tensors: Sequence[torch.Tensor], plan: ProxPlan
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """``R`` over ``tensors`` and ``∂R = λ₁·sign(w) + 2λ₂·w`` for the tensors the compiled kernel takes.
+
+    ``R = λ₁Σ|w| + λ₂Σw²`` (the element-wise ``plan``). Each eligible tensor is read once
+    (:func:`regtorch._fused.fused_value_grad`); the others' values come from the reference
+    reductions and their gradients are ``None``. Returns ``(None, [])`` if no tensor was eligible.
+    """
+    grads: list[torch.Tensor | None] = [None] * len(tensors)
+    device = tensors[0].device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    rest = []
+    with torch.no_grad():
+        for i, tensor in enumerate(tensors):
+            w = tensor.detach()
+            sums = None
+            if fused_eligible(w):  # the buffer belongs to the tensor itself, not to this detached view
+                out = gradient_buffer(tensor) if w.device.type == "cpu" else torch.empty_like(w)
+                sums = fused_value_grad(w, out, plan.l1, 2.0 * plan.l2)
+            if sums is None:
+                rest.append(w)
+                continue
+            grads[i] = out
+            total = total + (plan.l1 * sums[0] + plan.l2 * sums[1]).to(device)
+        if all(g is None for g in grads):
+            return None, []
+        if rest:
+            total = total + penalty._value_wide(rest)
+    return total.to(result_dtype(tensors)), grads
 
 
 class Penalty:
@@ -170,13 +228,17 @@ class Penalty:
     def _value_no_grad(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         if not tensors:
             return torch.zeros(())
+        return self._value_wide(tensors).to(result_dtype(tensors))
+
+    def _value_wide(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``R`` over a non-empty list of tensors as a float64 0-dim tensor on the first one's device."""
         device = tensors[0].device
         with torch.no_grad():
             pieces = _batch_small(tensors) if self._elementwise_plan() is not None else tensors
             total = self._value_one(pieces[0]).to(device)
             for w in pieces[1:]:
                 total = total + self._value_one(w).to(device)
-        return total.to(result_dtype(tensors))
+        return total
 
     def value(
         self,
@@ -189,7 +251,11 @@ class Penalty:
 
         The value is accumulated in float64 and returned in float32 (float64 if any tensor is
         float64), so bf16/fp16 parameters get an accurate penalty. It is differentiable when a
-        tensor requires grad and grad mode is on; the backward writes each gradient in one pass.
+        tensor requires grad and grad mode is on. On the compiled path (an element-wise penalty,
+        large tensors) the forward reads each tensor once for both the value and the gradient
+        ``λ₁·sign(w) + 2λ₂·w``, which the backward hands to autograd (on CPU in a buffer reused
+        from step to step: ``1×`` the tensor's bytes kept per tensor); otherwise the backward
+        writes each gradient in one pass.
 
         Args:
             tensors: A tensor or a list of tensors.
