@@ -274,6 +274,32 @@ def test_prox_zero_step_is_identity_and_negative_step_refused() -> None:
     assert torch.equal(w, before)
     with pytest.raises(ValueError, match=r"'step' argument of L1.prox must be a finite float >= 0"):
         rt.L1(1.0).prox(w, -0.1)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"'step' argument of L1.prox must be a finite float >= 0"):
+            rt.L1(1.0).prox(w, bad)
+    with pytest.raises(TypeError, match=r"'step' argument of L1.prox must be a finite float"):
+        rt.L1(1.0).prox(w, "0.1")
+    rt.L1(1.0).prox(w, 0)  # an int step is fine
+    assert torch.equal(w, before)
+
+
+@pytest.mark.parametrize("penalty", PENALTIES, ids=repr)
+def test_default_paths_on_parameters_equal_reference(penalty: rt.Penalty) -> None:
+    """Parameters (leaves that require grad) go through the default kernels as they are."""
+    tensors = [t.float() for t in _tensors(3)]
+    params = [torch.nn.Parameter(t.clone()) for t in tensors]
+    grads_ref = [torch.randn_like(t) for t in tensors]
+    grads_default = [g.clone() for g in grads_ref]
+    penalty.add_grad_(tensors, grads_ref, alpha=0.7, foreach=False, fused=False)
+    penalty.add_grad_(params, tuple(grads_default), alpha=0.7)
+    for a, b in zip(grads_ref, grads_default, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    if penalty.supports_prox:
+        penalty.prox(tensors, 0.3, foreach=False, fused=False)
+        penalty.prox(params, 0.3)
+        for a, b in zip(tensors, params, strict=True):
+            assert torch.equal(a, b.detach())
+        assert all(p.grad is None and p.requires_grad for p in params)
 
 
 # ---------------------------------------------------------------- algebra, config, converters

@@ -13,6 +13,7 @@ Penalties add (``L1(a) + L2(b)``) and scale (``0.5 * L1(a)``).
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ from regtorch import _distributed
 from regtorch._buffers import gradient_buffer
 from regtorch._distributed import has_dtensor
 from regtorch._fused import fused_add_grad_, fused_eligible, fused_new_grad, fused_value_grad, use_fused
-from regtorch._proximal import ProxPlan, apply_prox_plan, group_reduce_dims
+from regtorch._proximal import ProxPlan, apply_prox_plan, group_reduce_dims, without_grad
 from regtorch._reductions import CHUNK, group_by_device_and_dtype, result_dtype
 from regtorch._validation import Interval, check_real
 
@@ -53,6 +54,21 @@ def _default_foreach(tensors: Sequence[torch.Tensor]) -> bool:
     if all(t.device.type != "cpu" for t in tensors):
         return True
     return all(t.numel() < SMALL_TENSOR for t in tensors)
+
+
+def _small_cpu_group(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether all tensors are small CPU tensors of one dtype: one multi-tensor group, and too small
+    for the compiled kernels whatever ``fused`` says (checked in one loop: this is the common case
+    of small models, called every step)."""
+    dtype = tensors[0].dtype
+    return all(t.is_cpu and t.dtype == dtype and t.numel() < SMALL_TENSOR for t in tensors)
+
+
+def _default_foreach_prox(tensors: Sequence[torch.Tensor]) -> bool:
+    """Multi-tensor prox kernels pay off on accelerators only: on CPU the per-tensor path (in-place
+    ``softshrink``, one pass) beats the multi-tensor one (clamp, clamp, subtract: three passes and a
+    temporary) from three tensors of 4K elements up, and ties with it on many tiny tensors."""
+    return bool(tensors) and all(t.device.type != "cpu" for t in tensors)
 
 
 def _batch_small(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -358,15 +374,21 @@ class Penalty:
         fused: bool | None = None,
     ) -> None:
         """Add ``alpha·∂R/∂wᵢ`` to ``grads[i]`` in place (what grad mode does to ``.grad``)."""
-        tensors = [t.detach() for t in _as_list(tensors)]
-        grads = list(grads)
+        tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
+        grads = grads if isinstance(grads, list) else list(grads)
         if has_dtensor(tensors):
+            tensors = [t.detach() for t in tensors]
             _distributed.add_grads_([self] * len(tensors), tensors, grads, alpha, foreach, fused)
             return
-        if foreach is None:
-            foreach = _default_foreach(tensors)
-        plan = self._elementwise_plan()
-        with torch.no_grad():
+        if not tensors:
+            return
+        with without_grad():
+            if foreach is not False and _small_cpu_group(tensors):  # small models: no more checks
+                self._add_grad_many_(tensors, grads, alpha)
+                return
+            if foreach is None:
+                foreach = _default_foreach(tensors)
+            plan = self._elementwise_plan()
             if plan is not None and use_fused(tensors, fused):
                 left = fused_add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
                 tensors, grads = [tensors[i] for i in left], [grads[i] for i in left]
@@ -374,7 +396,11 @@ class Penalty:
                 for w, g in zip(tensors, grads, strict=True):
                     self._add_grad_one_(w, g, alpha)
                 return
-            for indices in group_by_device_and_dtype(tensors).values():
+            groups = group_by_device_and_dtype(tensors)
+            if len(groups) == 1:  # the common case: no new lists
+                self._add_grad_many_(tensors, grads, alpha)
+                return
+            for indices in groups.values():
                 self._add_grad_many_([tensors[i] for i in indices], [grads[i] for i in indices], alpha)
 
     def _add_grad_one_(self, tensor: torch.Tensor, grad: torch.Tensor, alpha: float) -> None:
@@ -400,15 +426,16 @@ class Penalty:
             ValueError: If ``step`` is negative or not finite, or the penalty has no closed-form
                 prox.
         """
-        step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
-        tensors = [t.detach() for t in _as_list(tensors)]
+        if type(step) is not float or not 0.0 <= step < math.inf:  # the common case needs no message
+            step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
+        tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
         if foreach is None:
-            foreach = _default_foreach(tensors)
+            foreach = _default_foreach_prox(tensors)
         if has_dtensor(tensors):  # shard by shard; group norms summed over the ranks they span
-            _distributed.prox_(self, tensors, step, foreach, fused)
+            _distributed.prox_(self, [t.detach() for t in tensors], step, foreach, fused)
             return
         plan = self.prox_plan()
-        with torch.no_grad():
+        with without_grad():
             if plan is not None:
                 fast = bool(plan.l1 or plan.l2) and use_fused(tensors, fused)
                 apply_prox_plan(tensors, step, plan, foreach=foreach, fused=fast)

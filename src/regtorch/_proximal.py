@@ -15,6 +15,7 @@ vector), and for any positively 1-homogeneous ``h``, ``prox_{t(h + λ₂‖·‖
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,12 +32,18 @@ __all__ = [
     "group_reduce_dims",
     "shrink_",
     "soft_threshold_",
+    "without_grad",
 ]
 
 GroupSpec = str | int
 """``"rows"``, ``"columns"``, ``"filters"``, ``"channels"``, ``"tensor"`` or a dimension index."""
 
 _NAMED_DIMS = {"rows": 0, "filters": 0, "columns": 1, "channels": 1}
+
+
+def without_grad() -> contextlib.AbstractContextManager:
+    """``torch.no_grad()``, or a no-op context when grad mode is already off (cheaper per call)."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
 def group_reduce_dims(spec: GroupSpec, ndim: int) -> tuple[int, ...]:
@@ -177,7 +184,7 @@ def apply_prox_plan(
     """
     divisor = 1.0 + 2.0 * step * plan.l2
     has_group = bool(plan.group) and plan.group_spec is not None
-    with torch.no_grad():
+    with without_grad():
         rest = list(tensors)
         if fused and (plan.l1 or plan.l2):
             # soft-threshold (and divide, when no group step sits in between) in one kernel
