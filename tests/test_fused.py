@@ -187,3 +187,20 @@ def test_fused_loss_mode_detects_in_place_changes() -> None:
         p.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         value.backward()
+
+
+def test_fused_kernels_keep_zeros_and_propagate_nan_like_eager() -> None:
+    w = torch.randn(N)
+    w[::5] = 0.0
+    w[3] = float("nan")
+    eager, fused = w.clone(), w.clone()
+    rt.ElasticNet(l1=0.3, l2=0.1).prox([eager], 0.5, fused=False)
+    rt.ElasticNet(l1=0.3, l2=0.1).prox([fused], 0.5, fused=True)
+    torch.testing.assert_close(eager, fused, rtol=0, atol=0, equal_nan=True)
+    grads = [torch.zeros_like(w) for _ in range(2)]
+    rt.L1(0.3).add_grad_([w], grads[:1], fused=False)
+    rt.L1(0.3).add_grad_([w], grads[1:], fused=True)
+    assert torch.all(grads[1][::5] == 0)  # sign(0) = 0
+    keep = torch.ones(N, dtype=torch.bool)
+    keep[3] = False
+    torch.testing.assert_close(grads[0][keep], grads[1][keep], rtol=0, atol=0)

@@ -1,15 +1,17 @@
 """Fused element-wise kernels compiled with ``torch.compile``: one memory pass per tensor.
 
 The element-wise part of every closed-form penalty is described by two numbers (see
-:class:`regtorch._proximal.ProxPlan`): ``λ₁`` of an L1 term and ``λ₂`` of a squared-L2 term. Three
+:class:`regtorch._proximal.ProxPlan`): ``λ₁`` of an L1 term and ``λ₂`` of a squared-L2 term. Four
 kernels cover all of it:
 
 * ``add_grad``:  ``g ← g + a₁·sign(w) + a₂·w``          (grad mode; ``a₁ = αλ₁``, ``a₂ = 2αλ₂``)
 * ``new_grad``:  ``return a₁·sign(w) + a₂·w``            (the gradient as a new tensor)
 * ``value_grad``: ``out ← a₁·sign(w) + a₂·w`` and return ``Σ|w|``, ``Σw²``   (loss mode's forward)
-* ``prox``:      ``w ← sign(w)·max(|w| − τ, 0) / c``     (prox mode; ``τ = tλ₁``, ``c = 1 + 2tλ₂``)
+* ``prox``:      ``w ← sign(w)·max(|w| − τ, 0) / c = (w − clamp(w, −τ, τ)) / c``
+  (prox mode; ``τ = tλ₁``, ``c = 1 + 2tλ₂``)
 
-Each is compiled once per device and dtype on 1-D views with dynamic shapes, and the scalars are
+Each is compiled once per device and dtype on 1-D views (``value_grad``: rows of :data:`ROW`) with
+dynamic shapes, and the scalars are
 passed as 0-dim tensors, so changing strengths or learning rates never recompiles. Compilation
 needs a C++ compiler on CPU and Triton on CUDA; where it fails, regtorch warns once and falls back to
 the eager kernels for the rest of the process.
@@ -45,16 +47,24 @@ FUSED_MIN_TENSOR = 1 << 20
 _broken = False
 
 
+def _sign_times(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``a·sign(w)`` (0 at ``w = 0``) as two selects, which Inductor's CPU code runs faster than
+    ``sign(w)·a`` (measured: 1.9 instead of 2.2 memory passes for ``add_grad`` at 50M elements)."""
+    return torch.where(w > 0, a, 0.0) - torch.where(w < 0, a, 0.0)
+
+
 def _add_grad(w: torch.Tensor, g: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> None:
-    g.add_(torch.sign(w) * a1 + w * a2)
+    g.add_(_sign_times(w, a1) + w * a2)
 
 
 def _new_grad(w: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-    return torch.sign(w) * a1 + w * a2
+    return (_sign_times(w, a1) + w * a2).to(w.dtype)
 
 
 def _prox(w: torch.Tensor, tau: torch.Tensor, c: torch.Tensor) -> None:
-    w.copy_(torch.sign(w) * torch.clamp(w.abs() - tau, min=0) / c)
+    # soft-thresholding as w − clamp(w, −τ, τ): exact, NaN-propagating like softshrink, and
+    # faster in Inductor's CPU code than sign(w)·max(|w| − τ, 0) (1.4 instead of 1.9 passes at 50M)
+    w.copy_((w - torch.clamp(w, -tau, tau)) / c)
 
 
 ROW = 1024
@@ -69,7 +79,7 @@ def _value_grad(
     acc = torch.float64 if w.dtype == torch.float64 else torch.float32
     abs_rows = w.abs().sum(1, keepdim=True, dtype=acc)
     square_rows = (w * w).sum(1, keepdim=True, dtype=acc)
-    grad = torch.sign(w) * a1 + w * a2
+    grad = _sign_times(w, a1) + w * a2
     # The two branches are equal, so this stores `grad`; the (always true) dependency on the row sums
     # makes Inductor emit one loop over rows for sums and store, so each row is read once from memory.
     out.copy_(torch.where(abs_rows >= 0, grad, grad))
