@@ -234,13 +234,16 @@ def table_accuracy(numel: int, device: str) -> list[dict]:
     w = torch.randn(numel, device=device)
     exact_l1 = w.double().abs().sum().item()
     exact_l2 = w.double().pow(2).sum().item()
+    param = nn.Parameter(w)  # loss mode: the value and the gradient in one (compiled) pass
     candidates = {
         "L1: torch._foreach_norm(ord=1)": (torch._foreach_norm([w], 1)[0].item(), exact_l1),
         "L1: torch.linalg.vector_norm(ord=1)": (torch.linalg.vector_norm(w, 1).item(), exact_l1),
         "L1: w.abs().sum()": (w.abs().sum().item(), exact_l1),
         "L1: regtorch value": (rt.L1(1.0).value(w).item(), exact_l1),
+        "L1: regtorch value, loss mode (fused)": (rt.L1(1.0).value(param, fused=True).item(), exact_l1),
         "L2: torch.linalg.vector_norm(ord=2)**2": ((torch.linalg.vector_norm(w) ** 2).item(), exact_l2),
         "L2: regtorch value": (rt.L2(1.0).value(w).item(), exact_l2),
+        "L2: regtorch value, loss mode (fused)": (rt.L2(1.0).value(param, fused=True).item(), exact_l2),
     }
     return [
         {"size": numel, "variant": name, "relative_error": abs(got - exact) / exact}

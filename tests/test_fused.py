@@ -148,6 +148,15 @@ def test_fused_loss_mode_equals_eager_and_float64(penalty, dtype, scale) -> None
         torch.testing.assert_close(a, b, **tol)
 
 
+def test_fused_loss_mode_with_only_small_tensors_takes_the_eager_path() -> None:
+    tensors = [torch.randn(10, 3), torch.randn(7)]
+    value_eager, grads_eager = _loss_mode(rt.ElasticNet(l1=0.1, l2=0.2), tensors, False, 1.0)
+    value_fused, grads_fused = _loss_mode(rt.ElasticNet(l1=0.1, l2=0.2), tensors, True, 1.0)
+    torch.testing.assert_close(value_fused, value_eager)
+    for a, b in zip(grads_eager, grads_fused, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_fused_loss_mode_value_accurate_at_float32() -> None:
     w = torch.randn(3 * N, generator=torch.Generator().manual_seed(1)) + 0.5
     exact = 0.3 * w.double().abs().sum() + 0.2 * w.double().square().sum()

@@ -124,8 +124,9 @@ class _PenaltyValue(torch.autograd.Function):
         ctx.grads = None
         plan = penalty._elementwise_plan()
         if plan is not None and use_fused(tensors, fused):
-            value, ctx.grads = _value_and_grads(penalty, tensors, plan)
+            value, grads = _value_and_grads(penalty, tensors, plan)
             if value is not None:
+                ctx.grads = grads
                 return value
         return penalty._value_no_grad(tensors)
 
