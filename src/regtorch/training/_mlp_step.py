@@ -132,12 +132,13 @@ def mlp_grads_(
 
     The ``.grad`` buffers are overwritten, not accumulated into (as after ``zero_grad()``).
     """
+    # ``_parameters`` directly: nn.Module.__getattr__ costs ~0.25 µs a lookup, 6 µs a step here
+    params = [(m._parameters["weight"], m._parameters["bias"]) for m in linears]
     with torch.no_grad():
         a = x.flatten(1) if flatten else x
         activations = [a]
         last = len(linears) - 1
-        for k, layer in enumerate(linears):
-            w, b = layer.weight, layer.bias
+        for k, (w, b) in enumerate(params):
             h = torch.addmm(b, a, w.t()) if b is not None else torch.mm(a, w.t())
             if k < last:
                 h.relu_()
@@ -151,11 +152,11 @@ def mlp_grads_(
         )  # fmt: skip
         delta = _ATEN._log_softmax_backward_data(delta, log_probs, 1, log_probs.dtype)
         for k in range(last, -1, -1):
-            layer = linears[k]
+            w, b = params[k]
             a_prev = activations[k]
-            _weight_grad_(layer.weight, delta.t(), a_prev, terms)
-            if layer.bias is not None:
-                _bias_grad_(layer.bias, delta, terms)
+            _weight_grad_(w, delta.t(), a_prev, terms)
+            if b is not None:
+                _bias_grad_(b, delta, terms)
             if k:
-                delta = _ATEN.threshold_backward(torch.mm(delta, layer.weight), a_prev, 0)
+                delta = _ATEN.threshold_backward(torch.mm(delta, w), a_prev, 0)
     return loss
