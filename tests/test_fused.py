@@ -213,3 +213,10 @@ def test_fused_kernels_keep_zeros_and_propagate_nan_like_eager() -> None:
     keep = torch.ones(N, dtype=torch.bool)
     keep[3] = False
     torch.testing.assert_close(grads[0][keep], grads[1][keep], rtol=0, atol=0)
+
+
+def test_value_grad_rows_divide_the_tensor_when_they_can() -> None:
+    for numel in (1581 * 1581, 3535 * 3535, 1000 * 1000, 1 << 20):
+        row = _fused._row_length(numel)
+        assert numel % row == 0 and _fused.ROW // 2 <= row <= 2 * _fused.ROW
+    assert _fused._row_length(N) == _fused.ROW  # no divisor near ROW: a partial last row (tested above)
