@@ -17,6 +17,7 @@ a fresh one. The counts a lone buffer has are measured once, on this interpreter
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -25,6 +26,7 @@ __all__ = ["gradient_buffer"]
 
 _buffers: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _alone: tuple[int, int, int, int] | None = None
+_lock = threading.Lock()  # check-then-hand-out must not interleave between threads
 
 
 def _counts(owner: WeakIdKeyDictionary, key: torch.Tensor) -> tuple[int, int, int, int]:
@@ -56,6 +58,11 @@ def gradient_buffer(tensor: torch.Tensor) -> torch.Tensor:
     The buffer is ``tensor``'s own reusable one when it is free, else a new one that replaces it
     (the old one lives on with whoever holds it). Its contents are undefined.
     """
+    with _lock:
+        return _take(tensor)
+
+
+def _take(tensor: torch.Tensor) -> torch.Tensor:
     # no local reference to the old buffer while counting: the counts must be the pool's only
     if not (
         tensor in _buffers

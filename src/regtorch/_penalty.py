@@ -123,7 +123,8 @@ class _PenaltyValue(torch.autograd.Function):
         ctx.save_for_backward(*tensors)
         ctx.grads = None
         plan = penalty._elementwise_plan()
-        if plan is not None and use_fused(tensors, fused):
+        # (inside torch.compile the reference path is traced instead: the buffers are eager-only)
+        if plan is not None and not torch.compiler.is_compiling() and use_fused(tensors, fused):
             value, grads = _value_and_grads(penalty, tensors, plan)
             if value is not None:
                 ctx.grads = grads
