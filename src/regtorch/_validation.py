@@ -78,17 +78,18 @@ def check_real(owner: str, name: str, value: Any, interval: Interval = Interval(
         TypeError: If the value is not a real number (bools are refused too).
         ValueError: If it is NaN, infinite, or outside the interval.
     """
-    expected = f"a finite float {interval.describe()}"
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"The {name!r} argument of {owner} must be {expected}; got {value!r} "
-            f"of type {type(value).__name__}."
+            f"The {name!r} argument of {owner} must be a finite float {interval.describe()}; got "
+            f"{value!r} of type {type(value).__name__}."
         )
     as_float = float(value)
-    if not math.isfinite(as_float) or not interval.contains(as_float):
-        raise ValueError(f"The {name!r} argument of {owner} must be {expected}; got {value!r}.")
+    if not math.isfinite(as_float) or not interval.contains(as_float):  # the message only when needed
+        raise ValueError(
+            f"The {name!r} argument of {owner} must be a finite float {interval.describe()}; got {value!r}."
+        )
     return as_float
 
 
