@@ -271,26 +271,41 @@ class Regularizer:
             total = total + value.to(total.device)
         return total * factor if factor != 1.0 else total
 
-    def _elementwise_grad_terms(self) -> dict[int, tuple[float, float]] | None:
-        """Return ``{id(p): (a₁, a₂)}`` with ``∂(s·R)/∂p = a₁·sign(p) + a₂·p``, or None.
+    # ----------------------------------------------------------------- custom training loops
+    def grad_coefficients(self) -> dict[torch.Tensor, tuple[float, float]] | None:
+        """Return ``{p: (a₁, a₂)}`` with ``∂(s·R)/∂p = a₁·sign(p) + a₂·p`` right now, or None.
 
-        ``a₁ = s·λ₁`` and ``a₂ = 2·s·λ₂`` for every regularized parameter when each rule's penalty
-        is element-wise (L1 and squared-L2 terms only) and nothing is sharded; None otherwise.
-        The training loop uses it to fold the loss- and grad-mode gradient into its own backward
-        pass (in grad mode it then sets ``_grad_added`` so that the step's hook skips it).
+        ``a₁ = s·λ₁`` and ``a₂ = 2·s·λ₂`` (``s`` = :meth:`factor`) for every regularized parameter
+        when each rule's penalty is element-wise (L1 and squared-L2 terms only) and nothing is
+        sharded; None otherwise. For a training loop that writes the penalty's gradient inside its
+        own kernels (``regtorch train`` folds it into the weight-gradient product), then calls
+        :meth:`skip_next_grad_hook` in grad mode.
         """
         if self._sharded:
             return None
         factor = self.factor()
-        terms: dict[int, tuple[float, float]] = {}
+        coefficients: dict[torch.Tensor, tuple[float, float]] = {}
         for rule in self._rules:
             plan = rule.penalty._elementwise_plan()
             if plan is None:
                 return None
-            coefficients = (factor * plan.l1, 2.0 * factor * plan.l2)
+            pair = (factor * plan.l1, 2.0 * factor * plan.l2)
             for p in rule.params:
-                terms[id(p)] = coefficients
-        return terms
+                coefficients[p] = pair
+        return coefficients
+
+    def skip_next_grad_hook(self) -> None:
+        """Make the next grad-mode hook call add nothing, once: this step's gradient is already added.
+
+        For a training loop that added ``∂(s·R)`` itself (see :meth:`grad_coefficients`) to the
+        gradients of an optimizer this regularizer is attached to, before calling its ``step()``.
+        """
+        self._grad_added = True
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers this regularizer is attached to (one entry per :meth:`attach` in force)."""
+        return [handle.optimizer for handle in self._handles]
 
     def _check_not_resharded(self) -> None:
         model = self._unchecked_model()  # type: ignore[misc]
@@ -358,8 +373,17 @@ class Regularizer:
         self._handles.append(handle)
         return handle
 
-    def _selected_in(self, optimizer: torch.optim.Optimizer):
-        """Yield ``(group, rule, params)`` for the regularized parameters each group holds."""
+    def _selected_in(self, optimizer: torch.optim.Optimizer | None):
+        """Yield ``(group, rule, params)`` for the regularized parameters each group holds.
+
+        With no optimizer: ``(None, rule, params)`` for every rule's parameters that have a gradient.
+        """
+        if optimizer is None:
+            for rule in self._rules:
+                params = [p for p in rule.params if p.grad is not None]
+                if params:
+                    yield None, rule, params
+            return
         rule_of = self._rule_of
         for group in optimizer.param_groups:
             by_rule: dict[int, tuple[_Rule, list[torch.Tensor]]] = {}
@@ -390,7 +414,17 @@ class Regularizer:
         self._add_penalty_grads(optimizer)
         return None
 
-    def _add_penalty_grads(self, optimizer: torch.optim.Optimizer) -> None:
+    def add_grad_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Add ``∂(s·R)`` to the ``.grad`` of the regularized parameters now, as grad mode's hook does.
+
+        Only parameters that have a gradient, and that ``optimizer`` holds when one is given.
+
+        Raises:
+            TypeError: If a gradient is sparse.
+        """
+        self._add_penalty_grads(optimizer)
+
+    def _add_penalty_grads(self, optimizer: torch.optim.Optimizer | None) -> None:
         factor = self.factor()
         if factor == 0:
             return

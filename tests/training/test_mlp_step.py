@@ -211,7 +211,7 @@ def test_loss_mode_folded_penalty_gradient_equals_autograd(penalty, params):
     xf = x.flatten(1)
     (F.cross_entropy(model_nf(xf), y) + reg.penalty()).backward()
     expected = [p.grad.clone() for p in model_nf.parameters()]
-    terms = reg._elementwise_grad_terms()
+    terms = reg.grad_coefficients()
     assert terms is not None and len(terms) == len(reg.parameters())
     mlp_grads_(*mlp_layers(model_nf), xf, y, terms)
     for p, g in zip(model_nf.parameters(), expected, strict=True):
@@ -220,9 +220,9 @@ def test_loss_mode_folded_penalty_gradient_equals_autograd(penalty, params):
 
 def test_group_and_lp_penalties_have_no_elementwise_terms():
     model = _mlp(24, 16, 5)
-    assert rt.Regularizer(model, rt.GroupLasso(1e-2))._elementwise_grad_terms() is None
-    assert rt.Regularizer(model, rt.Lp(1.5, 1e-2))._elementwise_grad_terms() is None
-    assert rt.Regularizer(model, rt.L1(1e-2) + rt.L2(1e-3))._elementwise_grad_terms() is not None
+    assert rt.Regularizer(model, rt.GroupLasso(1e-2)).grad_coefficients() is None
+    assert rt.Regularizer(model, rt.Lp(1.5, 1e-2)).grad_coefficients() is None
+    assert rt.Regularizer(model, rt.L1(1e-2) + rt.L2(1e-3)).grad_coefficients() is not None
 
 
 def _grad_mode_trainer(attach: str):

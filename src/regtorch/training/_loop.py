@@ -184,12 +184,12 @@ class Trainer:
         mlp = self._plain_mlp() if self._plain_forward else None
         if mlp is not None and xb.dtype == mlp[1][0].weight.dtype:
             reg = self.regularizer
-            terms = reg._elementwise_grad_terms() if self._can_fold() else None
+            terms = reg.grad_coefficients() if self._can_fold() else None
             loss = mlp_grads_(*mlp, xb, yb, terms)
             if terms is not None and not self._loss_mode:
-                reg._grad_added = True  # grad mode: the step's hook must not add it again
+                reg.skip_next_grad_hook()  # grad mode: the step's hook must not add it again
             elif terms is None and self._loss_mode:  # group or Lp terms: the penalty's own gradient
-                reg._add_penalty_grads(self.optimizer)
+                reg.add_grad_(self.optimizer)
             self._step_optimizer()
             return loss
         loss = F.cross_entropy(self.forward(xb), yb)
@@ -238,8 +238,8 @@ class Trainer:
         reg = self.regularizer
         if reg is None or reg.mode != "grad" or not self._holds_regularized:
             return False
-        handles = reg._handles
-        return len(handles) == 1 and handles[0].optimizer is self.optimizer
+        attached = reg.optimizers
+        return len(attached) == 1 and attached[0] is self.optimizer
 
     def lr(self) -> float:
         """Return the first parameter group's current learning rate."""

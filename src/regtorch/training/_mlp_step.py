@@ -27,7 +27,7 @@ _ATEN = torch.ops.aten
 _MEAN = 1  # at::Reduction::Mean
 _IGNORE_INDEX = -100
 
-_Terms = Mapping[int, tuple[float, float]] | None
+_Terms = Mapping[torch.Tensor, tuple[float, float]] | None
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -86,7 +86,7 @@ def _grad_buffer(param: torch.Tensor) -> torch.Tensor:
 def _weight_grad_(weight: torch.Tensor, delta_t: torch.Tensor, a_prev: torch.Tensor, terms: _Terms) -> None:
     """``∇W ← δᵀ·a (+ a₁·sign(W) + a₂·W)``, the penalty term folded into the matrix product."""
     grad = _grad_buffer(weight)
-    a1, a2 = terms.get(id(weight), (0.0, 0.0)) if terms else (0.0, 0.0)
+    a1, a2 = terms.get(weight, (0.0, 0.0)) if terms else (0.0, 0.0)
     if a1:
         torch.sign(weight, out=grad)
         grad.addmm_(delta_t, a_prev, beta=a1)
@@ -102,7 +102,7 @@ def _bias_grad_(bias: torch.Tensor, delta: torch.Tensor, terms: _Terms) -> None:
     """``∇b ← Σᵢ δᵢ (+ a₁·sign(b) + a₂·b)``."""
     grad = _grad_buffer(bias)
     torch.sum(delta, 0, out=grad)
-    a1, a2 = terms.get(id(bias), (0.0, 0.0)) if terms else (0.0, 0.0)
+    a1, a2 = terms.get(bias, (0.0, 0.0)) if terms else (0.0, 0.0)
     if a1:
         grad.add_(torch.sign(bias), alpha=a1)
     if a2:
@@ -123,9 +123,9 @@ def mlp_grads_(
         linears: The model's Linear layers, in order, with a ReLU between consecutive ones.
         x: The batch's inputs.
         y: The batch's class indices (int64).
-        terms: An element-wise penalty ``R`` as ``{id(p): (a₁, a₂)}`` with
-            ``∂R/∂p = a₁·sign(p) + a₂·p`` (see ``Regularizer._elementwise_grad_terms``); None or
-            missing parameters: no penalty.
+        terms: An element-wise penalty ``R`` as ``{p: (a₁, a₂)}`` with
+            ``∂R/∂p = a₁·sign(p) + a₂·p`` (:meth:`regtorch.Regularizer.grad_coefficients`); None
+            or missing parameters: no penalty.
 
     Returns:
         The batch's mean cross-entropy, detached.
