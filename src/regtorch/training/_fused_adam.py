@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.optim import optimizer as _optimizer
 
-from regtorch._regularizer import Regularizer
+from regtorch import Regularizer
 
 __all__ = ["fused_adam_step"]
 
