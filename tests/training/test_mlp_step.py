@@ -287,3 +287,39 @@ def test_fit_flushes_denormals_while_training_and_restores_the_setting():
         trainer.fit()
         assert seen and all(s is flush for s in seen)
         assert not flush_denormal_enabled()
+
+
+@pytest.mark.parametrize("kind", ["hook", "post-accumulate"])
+def test_parameter_gradient_hooks_disqualify_and_are_honoured(kind):
+    model = _mlp(24, 8, 5)
+    w = model[3].weight
+    def zero_after_accumulation(p: torch.Tensor) -> None:
+        p.grad.zero_()
+
+    handle = (
+        w.register_hook(lambda g: g * 0)
+        if kind == "hook"
+        else w.register_post_accumulate_grad_hook(zero_after_accumulation)
+    )
+    assert mlp_layers(model) is None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data()
+    trainer = Trainer(model, opt, x, y, epochs=1, batch_size=8, generator=torch.Generator().manual_seed(0))
+    trainer.train_step(x[:8], y[:8])
+    assert torch.count_nonzero(w.grad) == 0  # the hook ran
+    handle.remove()
+    assert mlp_layers(model) is not None
+
+
+def test_freeze_zeros_hooks_run_in_the_trainer():
+    model = _mlp(24, 8, 5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with torch.no_grad():
+        model[1].weight[:4] = 0.0
+    frozen = rt.freeze_zeros(model, opt)
+    x, y = _data()
+    trainer = Trainer(model, opt, x, y, epochs=1, batch_size=8, generator=torch.Generator().manual_seed(0))
+    trainer.train_step(x[:8], y[:8])
+    assert trainer._mlp is None
+    assert torch.count_nonzero(model[1].weight.grad[:4]) == 0
+    frozen.remove()

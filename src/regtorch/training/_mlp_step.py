@@ -31,7 +31,13 @@ _Terms = Mapping[torch.Tensor, tuple[float, float]] | None
 
 
 def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+    """Module hooks, or gradient hooks on its own parameters (``register_hook``, post-accumulate)."""
+    if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+        return True
+    return any(
+        p is not None and (p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None))
+        for p in m._parameters.values()
+    )
 
 
 def _global_hooks() -> bool:
@@ -44,7 +50,7 @@ def _global_hooks() -> bool:
 
 
 def has_hooks(model: nn.Module) -> bool:
-    """Return whether ``model``, a direct child of it or the global module registry has a hook."""
+    """Return whether ``model``, a direct child, a child's parameter or the global registry has a hook."""
     return _global_hooks() or _hooked(model) or any(_hooked(m) for m in model._modules.values())
 
 
@@ -53,7 +59,8 @@ def mlp_layers(model: nn.Module) -> tuple[bool, tuple[nn.Linear, ...]] | None:
 
     A plain MLP is exactly an ``nn.Sequential`` of an optional leading ``nn.Flatten()`` (default
     dimensions) followed by ``Linear``, then any number of ``ReLU → Linear``, with no module hooks,
-    no parametrizations (they change the module's class) and every parameter requiring grad.
+    no gradient hooks on its parameters (e.g. :func:`regtorch.freeze_zeros`'), no parametrizations
+    (they change the module's class) and every parameter requiring grad.
     """
     if type(model) is not nn.Sequential or _hooked(model) or _global_hooks():
         return None
