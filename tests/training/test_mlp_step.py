@@ -101,6 +101,10 @@ class _Subclass(nn.Sequential):
         ),
         lambda: torch.nn.utils.parametrizations.weight_norm(nn.Linear(24, 5)),
         lambda: nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(24, 5))),
+        lambda: (lambda shared: nn.Sequential(shared, nn.ReLU(), shared))(nn.Linear(8, 8)),
+        lambda: (lambda a, b: (setattr(b, "weight", a.weight), nn.Sequential(a, nn.ReLU(), b))[1])(
+            nn.Linear(8, 8), nn.Linear(8, 8)
+        ),
     ],
 )
 def test_other_models_are_not_plain_mlps(make):
@@ -293,6 +297,7 @@ def test_fit_flushes_denormals_while_training_and_restores_the_setting():
 def test_parameter_gradient_hooks_disqualify_and_are_honoured(kind):
     model = _mlp(24, 8, 5)
     w = model[3].weight
+
     def zero_after_accumulation(p: torch.Tensor) -> None:
         p.grad.zero_()
 

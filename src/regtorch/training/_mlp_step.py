@@ -60,7 +60,8 @@ def mlp_layers(model: nn.Module) -> tuple[bool, tuple[nn.Linear, ...]] | None:
     A plain MLP is exactly an ``nn.Sequential`` of an optional leading ``nn.Flatten()`` (default
     dimensions) followed by ``Linear``, then any number of ``ReLU → Linear``, with no module hooks,
     no gradient hooks on its parameters (e.g. :func:`regtorch.freeze_zeros`'), no parametrizations
-    (they change the module's class) and every parameter requiring grad.
+    (they change the module's class), no parameter used twice (tied weights, a reused layer) and
+    every parameter requiring grad.
     """
     if type(model) is not nn.Sequential or _hooked(model) or _global_hooks():
         return None
@@ -77,7 +78,10 @@ def mlp_layers(model: nn.Module) -> tuple[bool, tuple[nn.Linear, ...]] | None:
         return None
     if any(_hooked(m) for m in modules):
         return None
-    if not all(p.requires_grad for m in linears for p in m.parameters()):
+    params = [p for m in linears for p in m._parameters.values() if p is not None]
+    if not all(p.requires_grad for p in params):
+        return None
+    if len({id(p) for p in params}) != len(params):  # tied weights or a reused layer: gradients add up
         return None
     return flatten, tuple(linears)
 
