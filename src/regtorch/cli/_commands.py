@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from regtorch.cli._parser import CONFIG_OPTIONS
@@ -98,8 +101,14 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
         kwargs = _train_kwargs(args, given)
         if not ctx.is_main:
             kwargs["reporter"] = SilentReporter()
+        stopped = (
+            f"rank {ctx.rank}: stopped by torchrun (SIGTERM): another process of the launch died or "
+            f"a collective failed; completed epochs are in the checkpoint: continue with --resume "
+            f"--out {out}"
+        )
         try:
-            summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
+            with _sigterm_raises(RunFailed(stopped)):
+                summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
         except RuntimeError as exc:  # a collective failed: a rank died or timed out
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunFailed(
@@ -113,6 +122,24 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
         return 0
     finally:
         ctx.close()
+
+
+@contextlib.contextmanager
+def _sigterm_raises(error: Exception) -> Iterator[None]:
+    """Turn SIGTERM into ``error`` while the block runs (then restore the previous handler).
+
+    torchrun stops the other ranks with SIGTERM as soon as one fails; a rank that gets it before
+    its own collective fails then still ends with one readable line instead of dying silently.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise error
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
