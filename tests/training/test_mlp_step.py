@@ -328,3 +328,17 @@ def test_freeze_zeros_hooks_run_in_the_trainer():
     assert trainer._mlp is None
     assert torch.count_nonzero(model[1].weight.grad[:4]) == 0
     frozen.remove()
+
+
+def test_a_parameter_frozen_during_training_is_left_alone():
+    model = _mlp(24, 8, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data()
+    trainer = Trainer(model, opt, x, y, epochs=1, batch_size=8, generator=torch.Generator().manual_seed(0))
+    trainer.train_step(x[:8], y[:8])
+    assert trainer._mlp is not None
+    model[1].weight.requires_grad_(False)
+    before = model[1].weight.detach().clone()
+    trainer.train_step(x[8:16], y[8:16])
+    assert trainer._mlp is None
+    assert torch.equal(model[1].weight, before) and model[1].weight.grad is None

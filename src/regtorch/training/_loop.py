@@ -17,7 +17,7 @@ from regtorch.data import iterate_batches
 from regtorch.training._errors import RunFailed
 from regtorch.training._fused_adam import fused_adam_step
 from regtorch.training._metrics import PenaltyParts, format_log_line, weight_sparsity
-from regtorch.training._mlp_step import has_hooks, mlp_grads_, mlp_layers
+from regtorch.training._mlp_step import changed_since_checked, mlp_grads_, mlp_layers
 from regtorch.training._progress import Reporter
 
 __all__ = ["Callback", "TrainState", "Trainer", "evaluate"]
@@ -222,8 +222,8 @@ class Trainer:
             self._mlp = found if found and held <= mine else None
             reg = self.regularizer
             self._holds_regularized = reg is not None and {id(p) for p in reg.parameters()} <= held
-        elif self._mlp is not None and has_hooks(self.model):  # hooks added since: honour them
-            self._mlp = None
+        elif self._mlp is not None and changed_since_checked(self.model, self._mlp[1]):
+            self._mlp = None  # a hook or a frozen parameter since: autograd honours them
         return self._mlp
 
     def _can_fold(self) -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-__all__ = ["has_hooks", "mlp_grads_", "mlp_layers"]
+__all__ = ["changed_since_checked", "has_hooks", "mlp_grads_", "mlp_layers"]
 
 _ATEN = torch.ops.aten
 _MEAN = 1  # at::Reduction::Mean
@@ -54,12 +54,21 @@ def has_hooks(model: nn.Module) -> bool:
     return _global_hooks() or _hooked(model) or any(_hooked(m) for m in model._modules.values())
 
 
+def changed_since_checked(model: nn.Module, linears: tuple[nn.Linear, ...]) -> bool:
+    """Whether what :func:`mlp_layers` checked may no longer hold for the same modules.
+
+    A hook added since, or a parameter frozen since (``requires_grad=False``: autograd would leave
+    its gradient ``None`` and the optimizer would skip it), each step cheaply.
+    """
+    return has_hooks(model) or not all(p.requires_grad for m in linears for p in m._parameters.values())
+
+
 def mlp_layers(model: nn.Module) -> tuple[bool, tuple[nn.Linear, ...]] | None:
     """Return ``(flatten, linears)`` when ``model`` is a plain MLP this module can train, else None.
 
     A plain MLP is exactly an ``nn.Sequential`` of an optional leading ``nn.Flatten()`` (default
     dimensions) followed by ``Linear``, then any number of ``ReLU → Linear``, with no module hooks,
-    no gradient hooks on its parameters (e.g. :func:`regtorch.freeze_zeros`'), no parametrizations
+    no gradient hooks on its parameters (e.g. :func:`regtorch.freeze_zeros`), no parametrizations
     (they change the module's class), no parameter used twice (tied weights, a reused layer) and
     every parameter requiring grad.
     """
