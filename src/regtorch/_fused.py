@@ -134,8 +134,6 @@ def fused_eligible(tensor: torch.Tensor) -> bool:
     return tensor.numel() >= FUSED_MIN_TENSOR and tensor.is_contiguous()
 
 
-_eligible = fused_eligible
-
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
@@ -165,7 +163,7 @@ def fused_add_grad_(
     """``gᵢ += a₁·sign(wᵢ) + a₂·wᵢ`` for eligible tensors; return the indices left to the caller."""
     left = []
     for i, (w, g) in enumerate(zip(tensors, grads, strict=True)):
-        eligible = _eligible(w) and g.is_contiguous() and g.dtype == w.dtype
+        eligible = fused_eligible(w) and g.is_contiguous() and g.dtype == w.dtype
         done = eligible and not _broken
         if done:
             done = _run("add_grad", w.view(-1), g.view(-1), _scalar(a1, w), _scalar(a2, w)) is not False
@@ -176,7 +174,7 @@ def fused_add_grad_(
 
 def fused_new_grad(tensor: torch.Tensor, a1: float, a2: float) -> torch.Tensor | None:
     """Return ``a₁·sign(w) + a₂·w`` as a new tensor, or ``None`` if the tensor is not eligible."""
-    if _broken or not _eligible(tensor):
+    if _broken or not fused_eligible(tensor):
         return None
     out = _run("new_grad", tensor.view(-1), _scalar(a1, tensor), _scalar(a2, tensor))
     if out is False or out is None:
@@ -194,7 +192,7 @@ def fused_value_grad(
     and dtype. Returns ``None`` (and leaves ``out`` alone) if the tensor is not eligible or
     compilation failed.
     """
-    if _broken or not _eligible(tensor) or not out.is_contiguous() or out.dtype != tensor.dtype:
+    if _broken or not fused_eligible(tensor) or not out.is_contiguous() or out.dtype != tensor.dtype:
         return None
     flat, flat_out = tensor.view(-1), out.view(-1)
     row = _row_length(flat.numel())
@@ -223,7 +221,7 @@ def fused_prox_(tensors: Sequence[torch.Tensor], tau: float, c: float) -> list[i
     """``wᵢ ← sign(wᵢ)·max(|wᵢ| − τ, 0)/c`` for eligible tensors; return the indices left."""
     left = []
     for i, w in enumerate(tensors):
-        done = _eligible(w) and not _broken
+        done = fused_eligible(w) and not _broken
         if done:
             done = _run("prox", w.view(-1), _scalar(tau, w), _scalar(c, w)) is not False
         if not done:

@@ -13,7 +13,6 @@ Penalties add (``L1(a) + L2(b)``) and scale (``0.5 * L1(a)``).
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -428,8 +427,7 @@ class Penalty:
             ValueError: If ``step`` is negative or not finite, or the penalty has no closed-form
                 prox.
         """
-        if type(step) is not float or not 0.0 <= step < math.inf:  # the common case needs no message
-            step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
+        step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
         tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
         if foreach is None:
             foreach = _default_foreach_prox(tensors)

@@ -405,13 +405,13 @@ class Regularizer:
             # step(closure) computes the gradients inside the closure: add ∂R right after it runs.
             def closure_then_penalty() -> Any:
                 loss = closure()
-                self._add_penalty_grads(optimizer)
+                self.add_grad_(optimizer)
                 return loss
 
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": closure_then_penalty}
             return (args[0], closure_then_penalty, *args[2:]), kwargs
-        self._add_penalty_grads(optimizer)
+        self.add_grad_(optimizer)
         return None
 
     def add_grad_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -422,9 +422,6 @@ class Regularizer:
         Raises:
             TypeError: If a gradient is sparse.
         """
-        self._add_penalty_grads(optimizer)
-
-    def _add_penalty_grads(self, optimizer: torch.optim.Optimizer | None) -> None:
         factor = self.factor()
         if factor == 0:
             return
