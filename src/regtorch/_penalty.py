@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch.autograd.function import once_differentiable
 
-from regtorch import _distributed
+from regtorch import _distributed, _native
 from regtorch._buffers import gradient_buffer
 from regtorch._distributed import has_dtensor
 from regtorch._fused import fused_add_grad_, fused_eligible, fused_new_grad, fused_value_grad, use_fused
@@ -121,9 +121,18 @@ class _PenaltyValue(torch.autograd.Function):
         ctx.fused = fused
         ctx.save_for_backward(*tensors)
         ctx.grads = None
+        ctx.native = None
         plan = penalty._elementwise_plan()
         # (inside torch.compile the reference path is traced instead: the buffers are eager-only)
-        if plan is not None and not torch.compiler.is_compiling() and use_fused(tensors, fused):
+        if plan is None or torch.compiler.is_compiling():
+            return penalty._value_no_grad(tensors)
+        if foreach is None and fused is not False and _native.takes(tensors):
+            # small CPU tensors: the value and every gradient in one C call
+            ctx.native = (plan.l1, 2.0 * plan.l2)
+            ctx.grads = [_native_grad_buffer(t) for t in tensors]
+            abs_sum, square_sum = _native.value_grad(tensors, *ctx.native, ctx.grads)
+            return torch.tensor(plan.l1 * abs_sum + plan.l2 * square_sum, dtype=result_dtype(tensors))
+        if use_fused(tensors, fused):
             value, grads = _value_and_grads(penalty, tensors, plan)
             if value is not None:
                 ctx.grads = grads
@@ -135,6 +144,9 @@ class _PenaltyValue(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor):
         tensors = ctx.saved_tensors  # raises if a tensor was modified in place since the forward
         ready, ctx.grads = ctx.grads, None  # a second backward (retain_graph) recomputes
+        if ready is None and ctx.native is not None:  # the same kernel: the same bits as the first
+            ready = [torch.empty_like(t) for t in tensors]
+            _native.add_grad_(tensors, ready, *ctx.native, accumulate=False)
         scale = 1.0
         if grad_output.device.type == "cpu":
             scale, grad_output = float(grad_output), None
@@ -155,6 +167,17 @@ class _PenaltyValue(torch.autograd.Function):
             for g in ready:
                 g.mul_(grad_output.to(device=g.device, dtype=g.dtype))
         return (None, None, None, *ready)
+
+
+_FRESH_PAGES_BYTES = 1 << 17
+"""glibc serves allocations from this size up with fresh pages (``mmap``): a page fault per 4 KiB."""
+
+
+def _native_grad_buffer(tensor: torch.Tensor) -> torch.Tensor:
+    """A buffer for ``tensor``'s gradient: its reusable one when fresh pages would cost page faults."""
+    if tensor.numel() * tensor.element_size() >= _FRESH_PAGES_BYTES:
+        return gradient_buffer(tensor)
+    return torch.empty_like(tensor, memory_format=torch.contiguous_format)
 
 
 def _value_and_grads(
@@ -245,6 +268,10 @@ class Penalty:
     def _value_no_grad(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         if not tensors:
             return torch.zeros(())
+        plan = self._elementwise_plan()
+        if plan is not None and _native.takes(tensors):  # small CPU tensors: one C call
+            abs_sum, square_sum = _native.value_grad(tensors)
+            return torch.tensor(plan.l1 * abs_sum + plan.l2 * square_sum, dtype=result_dtype(tensors))
         return self._value_wide(tensors).to(result_dtype(tensors))
 
     def _value_wide(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -385,7 +412,11 @@ class Penalty:
             return
         with without_grad():
             if foreach is not False and _small_cpu_group(tensors):  # small models: no more checks
-                self._add_grad_many_(tensors, grads, alpha)
+                plan = self._elementwise_plan() if foreach is None and fused is not False else None
+                if plan is not None and _native.takes(tensors) and _native.takes(grads):
+                    _native.add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
+                else:
+                    self._add_grad_many_(tensors, grads, alpha)
                 return
             if foreach is None:
                 foreach = _default_foreach(tensors)
@@ -429,12 +460,17 @@ class Penalty:
         """
         step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
         tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
+        explicit = foreach
         if foreach is None:
             foreach = _default_foreach_prox(tensors)
         if has_dtensor(tensors):  # shard by shard; group norms summed over the ranks they span
             _distributed.prox_(self, [t.detach() for t in tensors], step, foreach, fused)
             return
         plan = self.prox_plan()
+        native = explicit is None and fused is not False and plan is not None and not plan.group
+        if native and _native.takes(tensors):  # small CPU tensors: one C call for the whole list
+            _native.prox_(tensors, step * plan.l1, 1.0 + 2.0 * step * plan.l2)
+            return
         with without_grad():
             if plan is not None:
                 fast = bool(plan.l1 or plan.l2) and use_fused(tensors, fused)
