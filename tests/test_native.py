@@ -33,11 +33,10 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def fresh_build(monkeypatch, tmp_path):
     """A process state as before the first use, with an empty cache folder; restored afterwards."""
     monkeypatch.setenv("REGTORCH_CACHE_DIR", str(tmp_path / "cache"))
-    _native._library.cache_clear()
-    monkeypatch.setattr(_native, "_broken", False)
+    _native._kernels.cache_clear()
     monkeypatch.setattr(_native, "_arrays_of", {})
     yield tmp_path / "cache"
-    _native._library.cache_clear()
+    _native._kernels.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -90,7 +89,7 @@ def test_value_sums_match_a_float64_reference_and_write_the_gradients(dtype):
     assert _native.value_grad(tensors) == (abs_sum, square_sum)  # without outputs: the same sums
 
 
-def test_takes_only_contiguous_small_cpu_float_tensors_of_one_dtype(monkeypatch):
+def test_takes_only_contiguous_small_plain_cpu_float_tensors_of_one_dtype(fresh_build, monkeypatch):
     small = torch.randn(4, 5)
     assert _native.takes([small, torch.randn(3)])
     assert not _native.takes([])
@@ -99,7 +98,14 @@ def test_takes_only_contiguous_small_cpu_float_tensors_of_one_dtype(monkeypatch)
     assert not _native.takes([small.bfloat16()])
     assert not _native.takes([torch.randn(_native.NATIVE_MAX_TENSOR)])  # ATen's threads win
     assert _native.takes([torch.randn(_native.NATIVE_MAX_TENSOR - 1)])
-    monkeypatch.setenv("REGTORCH_NATIVE", "0")
+    assert _native.takes([nn.Parameter(small)])
+
+    class Tagged(torch.Tensor):
+        pass
+
+    assert not _native.takes([small.as_subclass(Tagged)])  # a subclass may not own its data_ptr
+    monkeypatch.setenv("REGTORCH_NATIVE", "0")  # read at first use
+    _native._kernels.cache_clear()
     assert not _native.available()
     assert not _native.takes([small])
 
@@ -109,7 +115,7 @@ def test_build_is_cached_on_disk_and_reused(fresh_build):
     built = list(fresh_build.glob("kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    _native._library.cache_clear()
+    _native._kernels.cache_clear()
     assert _native.available()
     assert built[0].stat().st_mtime_ns == stamp
     assert list(fresh_build.iterdir()) == built  # no temporary files left behind

@@ -19,7 +19,8 @@ They take contiguous float32/float64 CPU tensors of one dtype and run on the cal
 callers keep the ATen kernels for everything else (see :func:`takes`). Where no C compiler is found
 the kernels are simply unavailable; where one is found but compiling or loading fails, regtorch
 warns once and uses the ATen kernels for the rest of the process. ``REGTORCH_NATIVE=0`` turns them
-off; ``REGTORCH_CACHE_DIR`` chooses the cache folder (default ``~/.cache/regtorch``).
+off and ``REGTORCH_CACHE_DIR`` chooses the cache folder (default ``~/.cache/regtorch``), both read at
+first use.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -138,8 +140,10 @@ _FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 _SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+"""Tensor classes whose ``data_ptr`` is all their data (not a DTensor shard, a fake tensor)."""
+
 _lock = threading.Lock()
-_broken = False
 _arrays_of: dict[tuple[int, ...], tuple[ctypes.Array, ctypes.Array]] = {}
 
 
@@ -174,8 +178,11 @@ def _build(compiler: str, target: Path, clones: bool) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 
-def _load() -> ctypes.CDLL | None:
-    """Compile (first use on this machine) and load the library; None where it cannot be."""
+def _load() -> dict[tuple[str, torch.dtype], Any] | None:
+    """Compile (first use on this machine) and load the library; return its kernels by
+    ``(name, dtype)``, or None where it cannot be loaded."""
+    if os.environ.get("REGTORCH_NATIVE", "1") == "0":
+        return None
     compiler = _compiler()
     if compiler is None:
         return None
@@ -202,47 +209,60 @@ def _load() -> ctypes.CDLL | None:
         )
         return None
     pointers, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+    kernels = {}
     for dtype, suffix in _SUFFIX.items():
         scalar = _SCALAR[dtype]
-        getattr(library, f"rt_prox_{suffix}").argtypes = [size, pointers, pointers, scalar, scalar, flag]
-        getattr(library, f"rt_add_grad_{suffix}").argtypes = [
-            size, pointers, pointers, pointers, scalar, scalar, flag,
-        ]  # fmt: skip
-        getattr(library, f"rt_value_grad_{suffix}").argtypes = [
-            size, pointers, pointers, pointers, scalar, scalar, pointers,
-        ]  # fmt: skip
-    return library
+        arguments = {
+            "prox": [size, pointers, pointers, scalar, scalar, flag],
+            "add_grad": [size, pointers, pointers, pointers, scalar, scalar, flag],
+            "value_grad": [size, pointers, pointers, pointers, scalar, scalar, pointers],
+        }
+        for name, types in arguments.items():
+            kernel = kernels[name, dtype] = getattr(library, f"rt_{name}_{suffix}")
+            kernel.argtypes = types
+    return kernels
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    global _broken
+def _kernels() -> dict[tuple[str, torch.dtype], Any] | None:
     with _lock:
-        library = _load()
-    _broken = library is None
-    return library
+        return _load()
 
 
 def available() -> bool:
     """Return whether the C kernels can run here (builds them on the first call)."""
-    if _broken or os.environ.get("REGTORCH_NATIVE", "1") == "0":
-        return False
-    return _library() is not None
+    return _kernels() is not None
 
 
-def takes(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether the kernels take ``tensors``: non-empty, contiguous CPU tensors of one dtype
-    (float32 or float64), each under :data:`NATIVE_MAX_TENSOR` elements, the kernels built, and
-    no ``torch.compile`` tracing."""
+def takes(tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor] | None = None) -> bool:
+    """Whether the kernels take ``tensors`` (and ``grads``, one for each tensor, of its size):
+    non-empty lists of plain (not subclassed), contiguous CPU tensors of one dtype (float32 or
+    float64), each under :data:`NATIVE_MAX_TENSOR` elements, the kernels built, and no
+    ``torch.compile`` tracing."""
     if not tensors or torch.compiler.is_compiling():  # (ctypes calls cannot be traced)
         return False
     dtype = tensors[0].dtype
-    if dtype not in _SUFFIX:
+    if dtype not in _SUFFIX or not _plain(tensors, dtype):
         return False
-    for t in tensors:
-        if not t.is_cpu or t.dtype != dtype or t.numel() >= NATIVE_MAX_TENSOR or not t.is_contiguous():
+    if grads is not None:
+        if len(grads) != len(tensors) or not _plain(grads, dtype):
             return False
-    return available()
+        if any(g.numel() != t.numel() for t, g in zip(tensors, grads, strict=True)):
+            return False
+    return _kernels() is not None
+
+
+def _plain(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:
+    for t in tensors:
+        if (
+            t.__class__ not in _PLAIN
+            or not t.is_cpu
+            or t.dtype != dtype
+            or t.numel() >= NATIVE_MAX_TENSOR
+            or not t.is_contiguous()
+        ):
+            return False
+    return True
 
 
 def _array(values: Sequence[int], kind: type) -> ctypes.Array:
@@ -266,8 +286,7 @@ def prox_(tensors: Sequence[torch.Tensor], tau: float, c: float) -> None:
     """``wᵢ ← softshrink(wᵢ, τ) / c`` in place for tensors :func:`takes` accepts."""
     if tau <= 0 and c == 1.0:
         return
-    dtype = tensors[0].dtype
-    kernel = getattr(_library(), f"rt_prox_{_SUFFIX[dtype]}")
+    kernel = _kernels()["prox", tensors[0].dtype]
     pointers, lengths = _arrays(tensors)
     kernel(len(tensors), pointers, lengths, tau, c, int(c != 1.0))
     torch.autograd.graph.increment_version(tensors)
@@ -281,10 +300,9 @@ def add_grad_(
     *,
     accumulate: bool = True,
 ) -> None:
-    """``gᵢ ← gᵢ + a₁·sign(wᵢ) + a₂·wᵢ`` in place (without ``accumulate``: ``gᵢ ← a₁·sign(wᵢ) + a₂·wᵢ``);
-    ``tensors`` and ``grads`` both as :func:`takes` says, ``grads[i]`` of ``tensors[i]``'s size."""
-    dtype = tensors[0].dtype
-    kernel = getattr(_library(), f"rt_add_grad_{_SUFFIX[dtype]}")
+    """``gᵢ ← gᵢ + a₁·sign(wᵢ) + a₂·wᵢ`` in place (without ``accumulate``: ``gᵢ ← a₁·sign(wᵢ) + a₂·wᵢ``)
+    for lists that ``takes(tensors, grads)`` accepts."""
+    kernel = _kernels()["add_grad", tensors[0].dtype]
     pointers, lengths = _arrays(tensors)
     kernel(len(tensors), pointers, _arrays(grads)[0], lengths, a1, a2, int(accumulate))
     torch.autograd.graph.increment_version(grads)
@@ -298,8 +316,7 @@ def value_grad(
 ) -> tuple[float, float]:
     """Return ``(Σ|w|, Σw²)`` over all tensors, summed in float64; with ``outs`` (contiguous, each
     of its tensor's size and dtype) also write ``outsᵢ ← a₁·sign(wᵢ) + a₂·wᵢ`` in the same pass."""
-    dtype = tensors[0].dtype
-    kernel = getattr(_library(), f"rt_value_grad_{_SUFFIX[dtype]}")
+    kernel = _kernels()["value_grad", tensors[0].dtype]
     sums = (ctypes.c_double * 2)()
     pointers, lengths = _arrays(tensors)
     out_pointers = _array([g.data_ptr() for g in outs], ctypes.c_void_p) if outs else None
