@@ -404,6 +404,11 @@ class Penalty:
         """Add ``alpha·∂R/∂wᵢ`` to ``grads[i]`` in place (what grad mode does to ``.grad``)."""
         tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
         grads = grads if isinstance(grads, list) else list(grads)
+        if foreach is None and fused is not False and _native.takes(tensors, grads):
+            plan = self._elementwise_plan()  # small CPU tensors: one C call for the whole list
+            if plan is not None:
+                _native.add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
+                return
         if has_dtensor(tensors):
             tensors = [t.detach() for t in tensors]
             _distributed.add_grads_([self] * len(tensors), tensors, grads, alpha, foreach, fused)
@@ -412,11 +417,7 @@ class Penalty:
             return
         with without_grad():
             if foreach is not False and _small_cpu_group(tensors):  # small models: no more checks
-                plan = self._elementwise_plan() if foreach is None and fused is not False else None
-                if plan is not None and _native.takes(tensors) and _native.takes(grads):
-                    _native.add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
-                else:
-                    self._add_grad_many_(tensors, grads, alpha)
+                self._add_grad_many_(tensors, grads, alpha)
                 return
             if foreach is None:
                 foreach = _default_foreach(tensors)
@@ -460,17 +461,17 @@ class Penalty:
         """
         step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
         tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
-        explicit = foreach
+        if foreach is None and fused is not False and _native.takes(tensors):
+            plan = self._elementwise_plan()  # small CPU tensors: one C call for the whole list
+            if plan is not None:
+                _native.prox_(tensors, step * plan.l1, 1.0 + 2.0 * step * plan.l2)
+                return
         if foreach is None:
             foreach = _default_foreach_prox(tensors)
         if has_dtensor(tensors):  # shard by shard; group norms summed over the ranks they span
             _distributed.prox_(self, [t.detach() for t in tensors], step, foreach, fused)
             return
         plan = self.prox_plan()
-        native = explicit is None and fused is not False and plan is not None and not plan.group
-        if native and _native.takes(tensors):  # small CPU tensors: one C call for the whole list
-            _native.prox_(tensors, step * plan.l1, 1.0 + 2.0 * step * plan.l2)
-            return
         with without_grad():
             if plan is not None:
                 fast = bool(plan.l1 or plan.l2) and use_fused(tensors, fused)

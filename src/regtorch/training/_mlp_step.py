@@ -15,7 +15,8 @@ For a batch ``X`` (``n × d₀``), layers ``hₖ = aₖ₋₁Wₖᵀ + bₖ``, `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -131,13 +132,19 @@ def _bias_grad_(bias: torch.Tensor, delta: torch.Tensor, terms: _Terms) -> None:
         grad.add_(bias, alpha=a2)
 
 
-def _add_terms_natively(terms: Mapping[torch.Tensor, tuple[float, float]]) -> None:
-    """``∇p ← ∇p + a₁·sign(p) + a₂·p`` for every term, one C call per coefficient pair."""
+def _add_terms_natively(
+    params: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    terms: Mapping[torch.Tensor, tuple[float, float]],
+) -> None:
+    """``∇p ← ∇p + a₁·sign(p) + a₂·p`` for the parameters with terms, one C call per coefficient pair
+    (the ``.grad`` buffers are :func:`_grad_buffer`'s: contiguous, of the parameters' sizes)."""
     by_pair: dict[tuple[float, float], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    for p, pair in terms.items():
-        tensors, grads = by_pair.setdefault(pair, ([], []))
-        tensors.append(p)
-        grads.append(p.grad)
+    for p in itertools.chain.from_iterable(params):
+        pair = terms.get(p) if p is not None else None
+        if pair is not None:
+            tensors, grads = by_pair.setdefault(pair, ([], []))
+            tensors.append(p)
+            grads.append(p.grad)
     for (a1, a2), (tensors, grads) in by_pair.items():
         if a1 or a2:
             _native.add_grad_(tensors, grads, a1, a2)
@@ -169,7 +176,7 @@ def mlp_grads_(
     # ``_parameters`` directly: nn.Module.__getattr__ costs ~0.25 µs a lookup, 6 µs a step here
     params = [(m._parameters["weight"], m._parameters["bias"]) for m in linears]
     native_terms = None
-    if terms and _native.takes(list(terms)):  # (the .grad buffers are contiguous, of the same dtype)
+    if terms and _native.takes(list(terms)):
         # one C call after the backward beats three kernels per weight folded into it
         terms, native_terms = None, terms
     with torch.no_grad():
@@ -198,5 +205,5 @@ def mlp_grads_(
             if k:
                 delta = _ATEN.threshold_backward(torch.mm(delta, w), a_prev, 0)
         if native_terms:
-            _add_terms_natively(native_terms)
+            _add_terms_natively(params, native_terms)
     return loss
