@@ -37,3 +37,18 @@ def test_benchmark_suite_runs_and_writes_json(tmp_path) -> None:
     regtorch_error = next(r for r in tables["accuracy"] if r["variant"] == "L1: regtorch value")
     assert regtorch_error["relative_error"] < 1e-6
     assert "## 2. loss mode" in result.stdout
+
+
+def test_small_model_benchmark_prints_every_operation_and_variant() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "small_model.py"), "--rounds", "1", "--calls", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert len(rows) == 9
+    assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)
+    assert "C kernels available" in result.stdout
