@@ -210,3 +210,13 @@ def test_mlp_step_with_native_terms_equals_autograd():
     mlp_grads_(*mlp_layers(model), x, y, terms)
     for p, want in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_increment_adds_one_like_foreach_add(dtype):
+    counters = [torch.tensor(v, dtype=dtype) for v in (0.0, 7.0, 16777216.0, -1.5)]
+    expected = [c + 1 for c in counters]
+    versions = [c._version for c in counters]
+    _native.increment_(counters)
+    assert all(torch.equal(c, e) for c, e in zip(counters, expected, strict=True))  # 2**24 + 1 rounds in f32
+    assert all(c._version > v for c, v in zip(counters, versions, strict=True))

@@ -12,6 +12,7 @@ one call, from a small C library compiled on first use with the system C compile
   for the sign of some zeros (ATen's own vector and scalar loops disagree on it);
 * ``add_grad``:   ``g ← g + a₁·sign(w) + a₂·w``, or ``g ← a₁·sign(w) + a₂·w`` (``sign(NaN) = 0``,
   as ``torch.sign``);
+* ``increment``:  ``x ← x + 1`` for one-element tensors (an optimizer's step counters);
 * ``value_grad``: ``Σ|w|`` and ``Σw²`` accumulated in float64 and, optionally, ``g ← a₁·sign(w) + a₂·w``
   written in the same pass.
 
@@ -41,7 +42,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["add_grad_", "available", "prox_", "takes", "value_grad"]
+__all__ = ["add_grad_", "available", "increment_", "prox_", "takes", "value_grad"]
 
 NATIVE_MAX_TENSOR = 1 << 16
 """Tensors of at least this many elements take ATen's kernels, which use several threads."""
@@ -78,6 +79,9 @@ RT_TARGETS void rt_prox_##S(int64_t n, T *const *ws, const int64_t *lens, T tau,
             for (int64_t i = 0; i < m; i++) w[i] = w[i] / c;                                    \
         }                                                                                       \
     }                                                                                           \
+}                                                                                               \
+void rt_increment_##S(int64_t n, T *const *xs) {                                             \
+    for (int64_t t = 0; t < n; t++) *xs[t] += 1;                                                \
 }                                                                                               \
 RT_TARGETS void rt_add_grad_##S(int64_t n, T *const *ws, T *const *gs, const int64_t *lens,     \
                                 T a1, T a2, int32_t accumulate) {                               \
@@ -216,6 +220,7 @@ def _load() -> dict[tuple[str, torch.dtype], Any] | None:
             "prox": [size, pointers, pointers, scalar, scalar, flag],
             "add_grad": [size, pointers, pointers, pointers, scalar, scalar, flag],
             "value_grad": [size, pointers, pointers, pointers, scalar, scalar, pointers],
+            "increment": [size, pointers],
         }
         for name, types in arguments.items():
             kernel = kernels[name, dtype] = getattr(library, f"rt_{name}_{suffix}")
@@ -289,6 +294,13 @@ def prox_(tensors: Sequence[torch.Tensor], tau: float, c: float) -> None:
     kernel = _kernels()["prox", tensors[0].dtype]
     pointers, lengths = _arrays(tensors)
     kernel(len(tensors), pointers, lengths, tau, c, int(c != 1.0))
+    torch.autograd.graph.increment_version(tensors)
+
+
+def increment_(tensors: Sequence[torch.Tensor]) -> None:
+    """``xᵢ ← xᵢ + 1`` in place for one-element tensors :func:`takes` accepts (``_foreach_add_(xs, 1)``)."""
+    kernel = _kernels()["increment", tensors[0].dtype]
+    kernel(len(tensors), _arrays(tensors)[0])
     torch.autograd.graph.increment_version(tensors)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.optim import optimizer as _optimizer
 
-from regtorch import Regularizer
+from regtorch import Regularizer, _native
 
 __all__ = ["fused_adam_step"]
 
@@ -106,7 +106,10 @@ def fused_adam_step(optimizer: torch.optim.Optimizer) -> bool:
                 if group.get("decoupled_weight_decay", decoupled_default)
                 else torch._fused_adam_
             )
-            torch._foreach_add_(steps, 1)
+            if _native.takes(steps):  # one C call: _foreach_add_ costs 2.5 µs a counter on CPU
+                _native.increment_(steps)
+            else:
+                torch._foreach_add_(steps, 1)
             update(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                 amsgrad=group["amsgrad"], lr=group["lr"], beta1=_scalar(beta1), beta2=_scalar(beta2),
