@@ -14,7 +14,9 @@ for ``regtorch`` from the start of training (its shuffle and the one gather of t
 order included) to the end of the last optimizer step, for the tutorial from the creation of
 the DataLoader iterator to the end of its last step; nothing else (loading, evaluation) is
 timed. Rounds are interleaved (tutorial, none, loss, grad, prox, tutorial, …) so that load from
-other processes hits all loops alike, and the median over rounds is reported.
+other processes hits all loops alike, each round starting one loop later than the one before (so no
+loop always runs right after the same other one), with garbage collected before each measurement;
+the median over rounds is reported.
 
 Usage::
 
@@ -25,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -172,14 +175,19 @@ def main() -> None:
         part = subset(data, min(steps * batch_size, data.n_train))
         results: dict[str, list[float]] = {loop: [] for loop in names}
         used = None
-        for _ in range(args.rounds):
-            results["tutorial"].append(run_tutorial(part, batch_size, default_threads))
-            results["tutorial-1"].append(run_tutorial(part, batch_size, 1))
-            for mode in ("loss", "grad", "prox"):
-                results[f"tutorial-{mode}"].append(run_tutorial(part, batch_size, default_threads, mode))
-            for mode in LOOPS[1:]:
-                rate, used = run_regtorch(part, batch_size, mode, args.threads)
-                results[mode].append(rate)
+        for round_ in range(args.rounds):
+            # each round starts one loop later: no loop always runs right after the same other one
+            start = round_ % len(names)
+            for loop in [*names][start:] + [*names][:start]:
+                gc.collect()  # the previous loop's garbage is not collected on this loop's clock
+                if loop == "tutorial-1":
+                    results[loop].append(run_tutorial(part, batch_size, 1))
+                elif loop.startswith("tutorial"):
+                    mode = loop.partition("-")[2] or None
+                    results[loop].append(run_tutorial(part, batch_size, default_threads, mode))
+                else:
+                    rate, used = run_regtorch(part, batch_size, loop, args.threads)
+                    results[loop].append(rate)
         med = {loop: statistics.median(values) for loop, values in results.items()}
         best = max(med["tutorial"], med["tutorial-1"])
         print(
