@@ -214,7 +214,9 @@ def test_mlp_step_with_native_terms_equals_autograd():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_increment_adds_one_like_foreach_add(dtype):
-    counters = [torch.tensor(v, dtype=dtype) for v in (0.0, 7.0, 16777216.0, -1.5)]
+    counters = [torch.tensor(v, dtype=dtype) for v in (0.0, 7.0, 16777216.0, -1.5)] + [
+        torch.randn(3, 5, dtype=dtype)
+    ]
     expected = [c + 1 for c in counters]
     versions = [c._version for c in counters]
     _native.increment_(counters)

@@ -12,7 +12,7 @@ one call, from a small C library compiled on first use with the system C compile
   for the sign of some zeros (ATen's own vector and scalar loops disagree on it);
 * ``add_grad``:   ``g ← g + a₁·sign(w) + a₂·w``, or ``g ← a₁·sign(w) + a₂·w`` (``sign(NaN) = 0``,
   as ``torch.sign``);
-* ``increment``:  ``x ← x + 1`` for one-element tensors (an optimizer's step counters);
+* ``increment``:  ``x ← x + 1`` (an optimizer's step counters);
 * ``value_grad``: ``Σ|w|`` and ``Σw²`` accumulated in float64 and, optionally, ``g ← a₁·sign(w) + a₂·w``
   written in the same pass.
 
@@ -80,8 +80,9 @@ RT_TARGETS void rt_prox_##S(int64_t n, T *const *ws, const int64_t *lens, T tau,
         }                                                                                       \
     }                                                                                           \
 }                                                                                               \
-void rt_increment_##S(int64_t n, T *const *xs) {                                             \
-    for (int64_t t = 0; t < n; t++) *xs[t] += 1;                                                \
+void rt_increment_##S(int64_t n, T *const *xs, const int64_t *lens) {                          \
+    for (int64_t t = 0; t < n; t++)                                                             \
+        for (int64_t i = 0; i < lens[t]; i++) xs[t][i] += 1;                                    \
 }                                                                                               \
 RT_TARGETS void rt_add_grad_##S(int64_t n, T *const *ws, T *const *gs, const int64_t *lens,     \
                                 T a1, T a2, int32_t accumulate) {                               \
@@ -220,7 +221,7 @@ def _load() -> dict[tuple[str, torch.dtype], Any] | None:
             "prox": [size, pointers, pointers, scalar, scalar, flag],
             "add_grad": [size, pointers, pointers, pointers, scalar, scalar, flag],
             "value_grad": [size, pointers, pointers, pointers, scalar, scalar, pointers],
-            "increment": [size, pointers],
+            "increment": [size, pointers, pointers],
         }
         for name, types in arguments.items():
             kernel = kernels[name, dtype] = getattr(library, f"rt_{name}_{suffix}")
@@ -298,9 +299,9 @@ def prox_(tensors: Sequence[torch.Tensor], tau: float, c: float) -> None:
 
 
 def increment_(tensors: Sequence[torch.Tensor]) -> None:
-    """``xᵢ ← xᵢ + 1`` in place for one-element tensors :func:`takes` accepts (``_foreach_add_(xs, 1)``)."""
+    """``xᵢ ← xᵢ + 1`` in place for tensors :func:`takes` accepts (``torch._foreach_add_(xs, 1)``)."""
     kernel = _kernels()["increment", tensors[0].dtype]
-    kernel(len(tensors), _arrays(tensors)[0])
+    kernel(len(tensors), *_arrays(tensors))
     torch.autograd.graph.increment_version(tensors)
 
 
