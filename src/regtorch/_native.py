@@ -5,7 +5,7 @@ microseconds, and each ATen call regtorch adds costs 4-8 µs however little it c
 elastic net's prox is two calls per tensor (``softshrink``, then a division), its gradient three
 multi-tensor calls. These kernels do the same arithmetic for every tensor of a list in one pass and
 one call, from a small C library compiled on first use with the system C compiler and loaded with
-:mod:`ctypes` (compiled once per machine into a cache folder; 0.2 s):
+:mod:`ctypes` (compiled once per machine into a cache folder, 0.8 s here; loading it then takes 1 ms):
 
 * ``prox``:       ``w ← softshrink(w, τ) / c``, with ``softshrink(w, τ) = w ∓ τ`` where ``|w| > τ``
   and ``+0`` elsewhere (NaN stays NaN) — what ``softshrink`` then ``div_`` compute, bit for bit but
