@@ -125,3 +125,15 @@ def test_torchrun_finetune_shrink_tensorboard(tmp_path):
     assert a["finetune"]["epochs"] == 1
     assert a["shrink"]["test_accuracy_after"] == a["shrink"]["test_accuracy_before"]
     assert len(list((out / "tensorboard").iterdir())) == 1  # rank 0 only
+
+
+def test_end_rank_flushes_output_and_exits_with_the_status():
+    code = (
+        "import sys; from regtorch.training import _distributed as d\n"
+        "assert not d.joined_process_group()\n"
+        "print('to stdout', end=''); print('to stderr', end='', file=sys.stderr)\n"
+        "d.end_rank(3)\n"
+        "print('not reached')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "to stdout", "to stderr")

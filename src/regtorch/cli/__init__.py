@@ -28,8 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 2 for bad input, 1 for a run that failed mid-way,
-        130 when interrupted.
+        130 when interrupted. A ``torchrun`` rank does not return: it exits with that status
+        once its output is flushed (see :func:`regtorch.training._distributed.end_rank`).
     """
+    status = _run(argv)
+    distributed = sys.modules.get("regtorch.training._distributed")
+    if distributed is not None and distributed.joined_process_group():
+        distributed.end_rank(status)
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     from regtorch.cli._commands import COMMANDS
     from regtorch.cli._parser import build_parser
 
