@@ -255,7 +255,7 @@ def takes(tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor] | None 
             return False
         if any(g.numel() != t.numel() for t, g in zip(tensors, grads, strict=True)):
             return False
-    return _kernels() is not None
+    return available()
 
 
 def _plain(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:

@@ -122,16 +122,15 @@ class _PenaltyValue(torch.autograd.Function):
         ctx.save_for_backward(*tensors)
         ctx.grads = None
         ctx.native = None
+        plan = penalty._native_plan(tensors, foreach, fused)  # (None while torch.compile traces)
+        if plan is not None:  # small CPU tensors: the value and every gradient in one C call
+            ctx.native = (plan.l1, 2.0 * plan.l2)
+            ctx.grads = [_native_grad_buffer(t) for t in tensors]
+            return _native_value(tensors, plan, ctx.grads)
         plan = penalty._elementwise_plan()
         # (inside torch.compile the reference path is traced instead: the buffers are eager-only)
         if plan is None or torch.compiler.is_compiling():
             return penalty._value_no_grad(tensors)
-        if foreach is None and fused is not False and _native.takes(tensors):
-            # small CPU tensors: the value and every gradient in one C call
-            ctx.native = (plan.l1, 2.0 * plan.l2)
-            ctx.grads = [_native_grad_buffer(t) for t in tensors]
-            abs_sum, square_sum = _native.value_grad(tensors, *ctx.native, ctx.grads)
-            return torch.tensor(plan.l1 * abs_sum + plan.l2 * square_sum, dtype=result_dtype(tensors))
         if use_fused(tensors, fused):
             value, grads = _value_and_grads(penalty, tensors, plan)
             if value is not None:
@@ -178,6 +177,15 @@ def _native_grad_buffer(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.numel() * tensor.element_size() >= _FRESH_PAGES_BYTES:
         return gradient_buffer(tensor)
     return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+
+
+def _native_value(
+    tensors: Sequence[torch.Tensor], plan: ProxPlan, grads: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``λ₁·Σ|w| + λ₂·Σw²`` summed in float64 by the C kernel (with ``grads``: each gradient
+    ``λ₁·sign(w) + 2λ₂·w`` written in the same pass), in :func:`result_dtype`."""
+    abs_sum, square_sum = _native.value_grad(tensors, plan.l1, 2.0 * plan.l2, grads)
+    return torch.tensor(plan.l1 * abs_sum + plan.l2 * square_sum, dtype=result_dtype(tensors))
 
 
 def _value_and_grads(
@@ -268,10 +276,9 @@ class Penalty:
     def _value_no_grad(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         if not tensors:
             return torch.zeros(())
-        plan = self._elementwise_plan()
-        if plan is not None and _native.takes(tensors):  # small CPU tensors: one C call
-            abs_sum, square_sum = _native.value_grad(tensors)
-            return torch.tensor(plan.l1 * abs_sum + plan.l2 * square_sum, dtype=result_dtype(tensors))
+        plan = self._native_plan(tensors)
+        if plan is not None:  # small CPU tensors: one C call
+            return _native_value(tensors, plan)
         return self._value_wide(tensors).to(result_dtype(tensors))
 
     def _value_wide(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -315,6 +322,19 @@ class Penalty:
         return self._value_no_grad(tensors)
 
     __call__ = value
+
+    def _native_plan(
+        self,
+        tensors: Sequence[torch.Tensor],
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        grads: Sequence[torch.Tensor] | None = None,
+    ) -> ProxPlan | None:
+        """The element-wise plan when the C kernels of :mod:`regtorch._native` apply: the kernel
+        choice is automatic (``foreach`` None, ``fused`` not False) and they take the tensors."""
+        if foreach is not None or fused is False or not _native.takes(tensors, grads):
+            return None
+        return self._elementwise_plan()
 
     def _elementwise_plan(self) -> ProxPlan | None:
         """The plan if this penalty is element-wise (L1/L2 terms only): then fused kernels apply."""
@@ -404,11 +424,10 @@ class Penalty:
         """Add ``alpha·∂R/∂wᵢ`` to ``grads[i]`` in place (what grad mode does to ``.grad``)."""
         tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
         grads = grads if isinstance(grads, list) else list(grads)
-        if foreach is None and fused is not False and _native.takes(tensors, grads):
-            plan = self._elementwise_plan()  # small CPU tensors: one C call for the whole list
-            if plan is not None:
-                _native.add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
-                return
+        plan = self._native_plan(tensors, foreach, fused, grads)
+        if plan is not None:  # small CPU tensors: one C call for the whole list
+            _native.add_grad_(tensors, grads, alpha * plan.l1, 2.0 * alpha * plan.l2)
+            return
         if has_dtensor(tensors):
             tensors = [t.detach() for t in tensors]
             _distributed.add_grads_([self] * len(tensors), tensors, grads, alpha, foreach, fused)
@@ -461,11 +480,10 @@ class Penalty:
         """
         step = check_real(type(self).__name__ + ".prox", "step", step, NON_NEGATIVE)
         tensors = _as_list(tensors)  # no detach(): the kernels run under no_grad
-        if foreach is None and fused is not False and _native.takes(tensors):
-            plan = self._elementwise_plan()  # small CPU tensors: one C call for the whole list
-            if plan is not None:
-                _native.prox_(tensors, step * plan.l1, 1.0 + 2.0 * step * plan.l2)
-                return
+        plan = self._native_plan(tensors, foreach, fused)
+        if plan is not None:  # small CPU tensors: one C call for the whole list
+            _native.prox_(tensors, step * plan.l1, 1.0 + 2.0 * step * plan.l2)
+            return
         if foreach is None:
             foreach = _default_foreach_prox(tensors)
         if has_dtensor(tensors):  # shard by shard; group norms summed over the ranks they span
