@@ -56,7 +56,7 @@ from regtorch.data import iterate_batches, load_dataset
 try:
     from regtorch import freeze_zeros
 except ImportError:  # not yet re-exported
-    from regtorch._freeze import freeze_zeros
+    from regtorch.sparse._freeze import freeze_zeros
 
 LAYERS = ("0.weight", "2.weight", "4.weight")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081

@@ -5,16 +5,16 @@ lists of tensors; a :class:`Regularizer` binds them to a model's parameters and 
 ``loss``, ``grad`` or ``prox`` mode.
 """
 
-from regtorch._activity import ActivityRegularizer, ActivityStats, ModuleActivity
 from regtorch._elementwise import L1, L2, ElasticNet, Lp
-from regtorch._freeze import FrozenZeros, freeze_zeros
 from regtorch._group import GroupLasso
 from regtorch._penalty import Penalty, Sum, list_penalties, penalty_from_config
-from regtorch._regularizer import AttachHandle, Regularizer, regularize
-from regtorch._selection import select_parameters
-from regtorch._shrink import LayerShrink, ShrinkReport, shrink, shrink_report
-from regtorch._sparse_io import SparseSaveInfo, load_sparse, save_sparse
-from regtorch._stats import ParameterStats, Stats, sparsity
+from regtorch.regularizer._activity import ActivityRegularizer, ActivityStats, ModuleActivity
+from regtorch.regularizer._regularizer import AttachHandle, Regularizer, regularize
+from regtorch.regularizer._selection import select_parameters
+from regtorch.sparse._freeze import FrozenZeros, freeze_zeros
+from regtorch.sparse._shrink import LayerShrink, ShrinkReport, shrink, shrink_report
+from regtorch.sparse._sparse_io import SparseSaveInfo, load_sparse, save_sparse
+from regtorch.sparse._stats import ParameterStats, Stats, sparsity
 
 __version__ = "0.1.0"
 

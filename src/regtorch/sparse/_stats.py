@@ -15,7 +15,7 @@ from regtorch._distributed import Reducer, has_dtensor, local_views
 from regtorch._penalty import Penalty
 from regtorch._proximal import GroupSpec, group_norms, group_reduce_dims
 from regtorch._reductions import sum_abs, sum_square
-from regtorch._selection import Selection, select_parameters
+from regtorch.regularizer._selection import Selection, select_parameters
 
 __all__ = ["ParameterStats", "Stats", "parameter_stats", "sparsity"]
 

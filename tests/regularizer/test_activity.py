@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import regtorch as rt
-from regtorch._activity import ActivityRegularizer, ActivityStats
+from regtorch.regularizer._activity import ActivityRegularizer, ActivityStats
 
 DT = torch.float64
 

@@ -17,7 +17,7 @@ from torch import nn
 
 import regtorch as rt
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "mnist"
 
 pytestmark = pytest.mark.skipif(
     not (MNIST_DIR / "train-labels-idx1-ubyte.gz").exists(), reason=f"MNIST not found in {MNIST_DIR}"
@@ -115,7 +115,7 @@ def test_group_lasso_prox_removes_a_third_of_hidden_neurons_and_shrink_keeps_acc
         _epochs(sparse, optimizer, x, y, SPARSE_EPOCHS, generator, decay=False)
     zero_groups = reg.stats().zero_groups
     optimizer = _sgd(sparse)
-    with _public("freeze_zeros", "regtorch._freeze")(sparse, optimizer):
+    with _public("freeze_zeros", "regtorch.sparse._freeze")(sparse, optimizer):
         _epochs(sparse, optimizer, x, y, FINETUNE_EPOCHS, generator, decay=True)
     sparse_accuracy = _accuracy(sparse, x_test, y_test)
     dead = sum(int((m.weight.detach().abs().sum(1) == 0).sum()) for m in (sparse[0], sparse[2]))
@@ -126,7 +126,7 @@ def test_group_lasso_prox_removes_a_third_of_hidden_neurons_and_shrink_keeps_acc
     assert dead >= total / 3, f"only {dead} of {total} hidden neurons have all-zero weights"
     assert dense_accuracy - sparse_accuracy < 0.01, (dense_accuracy, sparse_accuracy)
 
-    small = _public("shrink", "regtorch._shrink")(sparse)
+    small = _public("shrink", "regtorch.sparse._shrink")(sparse)
     assert _hidden_neurons(small) <= total - dead
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in sparse.parameters())
     small.eval()

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from regtorch._selection import Selection, select_parameters
 from regtorch._validation import Interval, check_real
+from regtorch.regularizer._selection import Selection, select_parameters
 
 __all__ = ["FrozenZeros", "freeze_zeros"]
 
@@ -118,7 +118,7 @@ def freeze_zeros(
     Args:
         model: The model holding the parameters.
         optimizer: The optimizer that trains them.
-        params: Which parameters (see :func:`regtorch._selection.select_parameters`):
+        params: Which parameters (see :func:`regtorch.regularizer._selection.select_parameters`):
             ``"weights"`` (default: ``ndim >= 2`` outside normalization layers), ``"all"``, an
             fnmatch pattern, a module type, a predicate, tensors, or a list of these.
         atol: Entries with ``|w| <= atol`` count as zero.

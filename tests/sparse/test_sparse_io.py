@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from regtorch._sparse_io import SparseSaveInfo, load_sparse, save_sparse
+from regtorch.sparse._sparse_io import SparseSaveInfo, load_sparse, save_sparse
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regtorch._selection import unwrap_model
+from regtorch.regularizer._selection import unwrap_model
 
 __all__ = ["SparseSaveInfo", "load_sparse", "save_sparse"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from regtorch._freeze import FrozenZeros, freeze_zeros
+from regtorch.sparse._freeze import FrozenZeros, freeze_zeros
 
 
 def pruned_model() -> nn.Sequential:

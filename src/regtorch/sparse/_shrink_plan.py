@@ -1,6 +1,6 @@
 """The analysis behind :func:`regtorch.shrink`: which units of a chain of layers can go.
 
-The model is read as a chain of layers (see :mod:`regtorch._shrink_chain`); between two
+The model is read as a chain of layers (see :mod:`regtorch.sparse._shrink_chain`); between two
 consecutive weight layers *P* (``nn.Linear`` / ``nn.ConvNd``) and *Q* only channel-wise
 operations may occur (BatchNorm, element-wise activations, dropout, max/average pooling,
 ``Flatten``), so output unit ``j`` of *P* reaches *Q* only through *Q*'s inputs for ``j`` (its
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regtorch._shrink_chain import (
+from regtorch.sparse._shrink_chain import (
     BARRIER,
     BATCHNORM,
     CONV,
@@ -324,7 +324,7 @@ def plan_layers(
     """Link the weight layers of the chain and decide which units of each stay.
 
     Args:
-        steps: The chain (see :func:`regtorch._shrink_chain.extract_steps`).
+        steps: The chain (see :func:`regtorch.sparse._shrink_chain.extract_steps`).
         shapes: The output shape of each step, or ``None`` entries when unknown.
         atol: Weights with ``|w| <= atol`` count as zero.
         owner: The public function, for messages.

@@ -1,7 +1,7 @@
 """Structured shrinking: remove dead neurons and filters after sparse training.
 
 :func:`shrink_report` analyses a model and :func:`shrink` applies the very same analysis
-(:mod:`regtorch._shrink_plan`, which documents exactly what is removed and why outputs stay the
+(:mod:`regtorch.sparse._shrink_plan`, which documents exactly what is removed and why outputs stay the
 same) to a copy of the model, or to the model itself.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from regtorch._selection import unwrap_model
-from regtorch._shrink_chain import LINEAR, display_name, extract_steps, infer_shapes
-from regtorch._shrink_plan import Layer, bn_keeps, new_tensors, plan_layers, units
 from regtorch._validation import Interval, check_real
+from regtorch.regularizer._selection import unwrap_model
+from regtorch.sparse._shrink_chain import LINEAR, display_name, extract_steps, infer_shapes
+from regtorch.sparse._shrink_plan import Layer, bn_keeps, new_tensors, plan_layers, units
 
 __all__ = ["LayerShrink", "ShrinkReport", "shrink", "shrink_report"]
 

@@ -12,17 +12,17 @@ from torch import nn
 
 from regtorch import _distributed
 from regtorch._distributed import fully_sharded, has_dtensor, local_views
-from regtorch._metric_prox import (
+from regtorch._penalty import Penalty, penalty_from_config
+from regtorch._validation import Interval, check_choice, check_real
+from regtorch.regularizer._metric_prox import (
     PROX_METRICS,
     adam_denominators,
     check_metric_optimizer,
     check_metric_penalty,
     metric_prox_,
 )
-from regtorch._penalty import Penalty, penalty_from_config
-from regtorch._selection import Selection, describe_selection, select_parameters
-from regtorch._stats import Stats, parameter_stats
-from regtorch._validation import Interval, check_choice, check_real
+from regtorch.regularizer._selection import Selection, describe_selection, select_parameters
+from regtorch.sparse._stats import Stats, parameter_stats
 
 __all__ = ["MODES", "AttachHandle", "Regularizer", "regularize"]
 
@@ -80,7 +80,7 @@ class Regularizer:
       With ``prox_metric="adam"`` the prox is taken in Adam's diagonal metric instead: per
       element, ``τ₁ᵢ = t·s·λ₁ / (√v̂ᵢ + ε)`` and ``wᵢ ← soft(wᵢ, τ₁ᵢ) / (1 + 2·t·s·λ₂ / (√v̂ᵢ + ε))``
       with ``v̂ = exp_avg_sq / (1 − β₂^step)`` read from the optimizer (Adam, AdamW, NAdam, RAdam);
-      see :mod:`regtorch._metric_prox`.
+      see :mod:`regtorch.regularizer._metric_prox`.
 
     Here ``s`` is :attr:`scale` times ``schedule(num_steps)`` (both 1 by default).
 
