@@ -1,15 +1,28 @@
 """regtorch: L1, L2, elastic-net, p-norm and group-lasso regularization for any PyTorch optimizer.
 
-Penalties (:class:`L1`, :class:`L2`, :class:`ElasticNet`, :class:`Lp`, :class:`GroupLasso`) act on
-lists of tensors; a :class:`Regularizer` binds them to a model's parameters and applies them in
-``loss``, ``grad`` or ``prox`` mode.
+Penalties (:class:`L1`, :class:`L2`, :class:`ElasticNet`, :class:`Lp`, :class:`GroupLasso`,
+:class:`MCP`, :class:`SCAD`) act on lists of tensors; a :class:`Regularizer` binds them to a
+model's parameters and applies them in ``loss``, ``grad`` or ``prox`` mode.
 """
 
-from regtorch._elementwise import L1, L2, ElasticNet, Lp
-from regtorch._group import GroupLasso
-from regtorch._penalty import Penalty, Sum, list_penalties, penalty_from_config
+from regtorch.penalties import (
+    L1,
+    L2,
+    MCP,
+    SCAD,
+    ElasticNet,
+    GroupLasso,
+    Lp,
+    Penalty,
+    Scaled,
+    Sum,
+    list_penalties,
+    penalty_class,
+    penalty_from_config,
+)
 from regtorch.regularizer._activity import ActivityRegularizer, ActivityStats, ModuleActivity
 from regtorch.regularizer._regularizer import AttachHandle, Regularizer, regularize
+from regtorch.regularizer._rules import Rule
 from regtorch.regularizer._selection import select_parameters
 from regtorch.sparse._freeze import FrozenZeros, freeze_zeros
 from regtorch.sparse._shrink import LayerShrink, ShrinkReport, shrink, shrink_report
@@ -21,6 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "L2",
+    "MCP",
+    "SCAD",
     "ActivityRegularizer",
     "ActivityStats",
     "AttachHandle",
@@ -33,6 +48,8 @@ __all__ = [
     "ParameterStats",
     "Penalty",
     "Regularizer",
+    "Rule",
+    "Scaled",
     "ShrinkReport",
     "SparseSaveInfo",
     "Stats",
@@ -41,6 +58,7 @@ __all__ = [
     "freeze_zeros",
     "list_penalties",
     "load_sparse",
+    "penalty_class",
     "penalty_from_config",
     "regularize",
     "save_sparse",

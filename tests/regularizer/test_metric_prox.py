@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import regtorch as rt
-from regtorch._proximal import ProxPlan
+from regtorch.penalties import ProxPlan
 from regtorch.regularizer._metric_prox import ADAM_FAMILY, adam_denominators, metric_prox_
 
 DT = torch.float64

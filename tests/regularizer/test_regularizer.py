@@ -384,27 +384,6 @@ def test_grad_mode_with_step_closure_adds_the_penalty_after_the_closure(as_keywo
 
 
 # --------------------------------------------------------------------------- custom training loops
-def test_grad_coefficients_give_the_loss_mode_gradient():
-    model = _model()
-    rules = [("0.weight", rt.ElasticNet(l1=1e-2, l2=3e-2)), ("2.*", rt.L1(5e-3))]
-    reg = rt.Regularizer(model, rules, mode="loss")
-    reg.scale = 0.5
-    reg.penalty().backward()
-    coefficients = reg.grad_coefficients()
-    assert set(map(id, coefficients)) == set(map(id, reg.parameters()))
-    for p in reg.parameters():
-        a1, a2 = coefficients[p]
-        torch.testing.assert_close(p.grad, a1 * torch.sign(p.detach()) + a2 * p.detach())
-    assert coefficients[model[0].weight] == (0.5 * 1e-2, 2 * 0.5 * 3e-2)
-
-
-@pytest.mark.parametrize(
-    "penalty", [rt.GroupLasso(1e-2), rt.Lp(1.5, 1e-2), rt.L1(1e-2) + rt.GroupLasso(1e-2)]
-)
-def test_grad_coefficients_are_none_for_non_elementwise_penalties(penalty):
-    assert rt.Regularizer(_model(), penalty).grad_coefficients() is None
-
-
 @pytest.mark.parametrize("holds", ["all", "some", None])
 def test_add_grad_adds_what_the_grad_hook_adds(holds):
     model, reference = _model(), _model()
@@ -421,21 +400,6 @@ def test_add_grad_adds_what_the_grad_hook_adds(holds):
     ref_opt.step()  # lr 0: only the hook's addition changes anything
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
-
-
-def test_skip_next_grad_hook_skips_exactly_one_step():
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    reg = rt.Regularizer(model, rt.L1(1e-2), mode="grad")
-    reg.attach(opt)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    reg.skip_next_grad_hook()
-    opt.step()
-    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
-    opt.step()
-    w = model[0].weight
-    torch.testing.assert_close(w.grad, 1e-2 * torch.sign(w.detach()))
 
 
 def test_optimizers_lists_the_attachments_in_force():

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from regtorch._penalty import Penalty
+from regtorch.penalties import Penalty
 
 __all__ = ["ActivityRegularizer", "ActivityStats", "ModuleActivity"]
 

@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 
-from regtorch._penalty import Penalty
-from regtorch._proximal import ProxPlan
-from regtorch._reductions import group_by_device_and_dtype
+from regtorch.kernels import elastic_net as en
+from regtorch.penalties import Penalty, ProxPlan
 
 __all__ = [
     "ADAM_FAMILY",
@@ -61,7 +60,7 @@ def _names(types: Sequence[type]) -> str:
 def metric_plan(penalty: Penalty) -> ProxPlan | None:
     """Return ``penalty``'s prox plan if it is element-wise (no group term), else ``None``."""
     plan = penalty.prox_plan()
-    if plan is None or plan.group:
+    if plan is None or plan.group is not None:
         return None
     return plan
 
@@ -163,34 +162,16 @@ def metric_prox_(
         tensors: The parameters, updated in place.
         denominators: ``d`` for each tensor (same shapes; entries > 0).
         step: ``t >= 0``.
-        plan: ``λ₁ = plan.l1``, ``λ₂ = plan.l2``; ``plan.group`` must be 0.
+        plan: ``λ₁ = plan.l1``, ``λ₂ = plan.l2``; ``plan.group`` must be ``None``.
         foreach: Use multi-tensor kernels (same numbers as the per-tensor reference).
 
     Raises:
         ValueError: If ``plan`` has a group term.
     """
-    if plan.group:
+    if plan.group is not None:
         raise ValueError(f"metric_prox_ needs an element-wise plan (no group term); got {plan}.")
-    if not tensors or step == 0 or (plan.l1 == 0 and plan.l2 == 0):
+    if not tensors or step == 0:
         return
     with torch.no_grad():
-        if not foreach:
-            for w, d in zip(tensors, denominators, strict=True):
-                recip = d.reciprocal()
-                if plan.l1:
-                    tau = recip * (step * plan.l1)
-                    w.copy_(torch.sign(w) * torch.clamp(w.abs() - tau, min=0))
-                if plan.l2:
-                    w.div_(1.0 + recip * (2.0 * step * plan.l2))
-            return
-        for indices in group_by_device_and_dtype(tensors).values():
-            ws = [tensors[i] for i in indices]
-            recip = torch._foreach_reciprocal([denominators[i] for i in indices])
-            if plan.l1:
-                tau = torch._foreach_mul(recip, step * plan.l1)
-                clipped = torch._foreach_minimum(torch._foreach_maximum(ws, torch._foreach_neg(tau)), tau)
-                torch._foreach_sub_(ws, clipped)  # w − clamp(w, −τ, τ): exact zeros, as the reference
-            if plan.l2:
-                divisor = torch._foreach_mul(recip, 2.0 * step * plan.l2)
-                torch._foreach_add_(divisor, 1.0)
-                torch._foreach_div_(ws, divisor)
+        rho = [d.reciprocal() for d in denominators]
+        en.scaled_prox_(tensors, rho, step * plan.l1, 2.0 * step * plan.l2, "foreach" if foreach else "reference")

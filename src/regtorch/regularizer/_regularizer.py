@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from regtorch import _distributed
-from regtorch._distributed import fully_sharded, has_dtensor, local_views
-from regtorch._penalty import Penalty, penalty_from_config
 from regtorch._validation import Interval, check_choice, check_real
+from regtorch.distributed._detect import has_dtensor
+from regtorch.penalties import Penalty
+from regtorch.penalties._backends import backend_for
 from regtorch.regularizer._metric_prox import (
     PROX_METRICS,
     adam_denominators,
@@ -21,7 +20,8 @@ from regtorch.regularizer._metric_prox import (
     check_metric_penalty,
     metric_prox_,
 )
-from regtorch.regularizer._selection import Selection, describe_selection, select_parameters
+from regtorch.regularizer._rules import Rule, check_unchanged, load_strengths, resolve_rules
+from regtorch.regularizer._selection import Selection
 from regtorch.sparse._stats import Stats, parameter_stats
 
 __all__ = ["MODES", "AttachHandle", "Regularizer", "regularize"]
@@ -29,41 +29,26 @@ __all__ = ["MODES", "AttachHandle", "Regularizer", "regularize"]
 MODES = ("loss", "grad", "prox")
 
 
-@dataclass
-class _Rule:
-    selection: Any
-    penalty: Penalty
-    names: list[str]
-    params: list[nn.Parameter]
-
-
 class AttachHandle:
     """What :meth:`Regularizer.attach` returns: ``.remove()`` detaches the hooks (idempotent)."""
 
-    def __init__(self, regularizer: Regularizer, optimizer: torch.optim.Optimizer, hooks: list):
+    def __init__(self, regularizer: Regularizer, optimizer: torch.optim.Optimizer, hooks: list) -> None:
         self.regularizer = regularizer
         self.optimizer = optimizer
-        self._hooks = hooks
+        self.hooks = hooks
 
     def remove(self) -> None:
         """Remove every hook this attach registered."""
-        for hook in self._hooks:
+        for hook in self.hooks:
             hook.remove()
-        self._hooks = []
-        if self in self.regularizer._handles:
-            self.regularizer._handles.remove(self)
+        self.hooks = []
+        self.regularizer._forget(self)
 
     def __enter__(self) -> AttachHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-def _is_rule_list(penalty: Any) -> bool:
-    return isinstance(penalty, (list, tuple)) and all(
-        isinstance(r, (list, tuple)) and len(r) == 2 for r in penalty
-    )
 
 
 class Regularizer:
@@ -79,35 +64,39 @@ class Regularizer:
       Adam it is decoupled (AdamW-style) decay for L2 and exact zeros for L1.
       With ``prox_metric="adam"`` the prox is taken in Adam's diagonal metric instead: per
       element, ``τ₁ᵢ = t·s·λ₁ / (√v̂ᵢ + ε)`` and ``wᵢ ← soft(wᵢ, τ₁ᵢ) / (1 + 2·t·s·λ₂ / (√v̂ᵢ + ε))``
-      with ``v̂ = exp_avg_sq / (1 − β₂^step)`` read from the optimizer (Adam, AdamW, NAdam, RAdam);
-      see :mod:`regtorch.regularizer._metric_prox`.
+      with ``v̂ = exp_avg_sq / (1 − β₂^step)`` read from the optimizer (Adam, AdamW, NAdam, RAdam).
 
     Here ``s`` is :attr:`scale` times ``schedule(num_steps)`` (both 1 by default).
 
     Args:
         model: The model whose parameters are regularized (``torch.compile`` and DDP wrappers are
             looked through).
-        penalty: A :class:`Penalty`, or per-layer rules: a list of ``(selection, penalty)`` pairs
-            (Keras' per-layer regularizers). A parameter claimed by two rules is an error.
-        params: The selection for a single penalty (default ``"weights"``: ndim >= 2 outside
-            normalization layers); see :func:`regtorch.select_parameters`. Not allowed with rules.
+        penalty: A :class:`~regtorch.Penalty`, or per-layer rules: a list of ``(selection, penalty)``
+            pairs (Keras' per-layer regularizers). A parameter claimed by two rules is an error.
+        params: The selection for a single penalty (default ``"weights"``); see
+            :func:`regtorch.select_parameters`. Not allowed with rules.
         exclude: Parameters to leave out of every rule.
         mode: ``"loss"``, ``"grad"`` or ``"prox"``.
         step_factor: Multiplies the learning rate to give the prox step (prox mode).
         schedule: Optional ``f(num_steps) -> factor`` multiplying the strength (warm-up).
-        foreach: Use multi-tensor kernels (default: on accelerators).
-        fused: Use compiled one-pass kernels for the element-wise work. ``None`` (default) picks
-            them for 4M+ regularized elements where a compiler is available; ``True`` forces
-            them; where compilation fails regtorch warns once and runs eagerly.
+        foreach: Use multi-tensor kernels (default: on accelerators and for small tensors).
+        fused: Use compiled one-pass kernels. ``None`` (default) picks them for 4M+ regularized
+            elements where a compiler is available (the first call compiles: seconds on CPU);
+            ``True`` forces them; ``False`` never. Where compilation fails regtorch warns once and
+            runs eagerly.
         prox_metric: ``"euclidean"`` (default: ``prox_{t·s·R}``) or ``"adam"`` (the prox in the
-            optimizer's diagonal metric ``diag(√v̂ + ε)``; prox mode, element-wise penalties and
-            Adam-family optimizers only).
+            optimizer's diagonal metric ``diag(√v̂ + ε)``; prox mode, element-wise penalties of the
+            elastic-net family and Adam-family optimizers only).
+        example_input: One batch of inputs, needed by ``GroupLasso(groups="coupled")``: the model
+            is traced once to find its coupled channels (requires ``regtorch[prune]``).
 
     Raises:
         ValueError: For an unknown mode, an empty selection, a parameter claimed twice, a penalty
-            that cannot act on a parameter, ``mode="prox"`` with a penalty without a prox, or
-            ``prox_metric="adam"`` outside prox mode or with a group penalty.
-        TypeError: For a penalty that is not a :class:`Penalty`, or complex/integer parameters.
+            that cannot act on a parameter, ``mode="prox"`` with a penalty without a prox,
+            ``prox_metric="adam"`` outside prox mode or with a group penalty, or parameters on the
+            ``meta`` device.
+        TypeError: For a penalty that is not a :class:`~regtorch.Penalty`, or complex/integer
+            parameters.
 
     Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -129,6 +118,7 @@ class Regularizer:
         foreach: bool | None = None,
         fused: bool | None = None,
         prox_metric: str = "euclidean",
+        example_input: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -148,73 +138,26 @@ class Regularizer:
                 f"None; got {schedule!r}."
             )
         self.schedule = schedule
+        for name, flag in (("foreach", foreach), ("fused", fused)):
+            if flag not in (None, True, False):
+                raise TypeError(f"The {name!r} argument of Regularizer must be None, True or False; got {flag!r}.")
         self.foreach = foreach
-        if fused not in (None, True, False):
-            raise TypeError(
-                f"The 'fused' argument of Regularizer must be None, True or False; got {fused!r}."
-            )
         self.fused = fused
         self._scale = 1.0
         self.num_steps = 0
-        # Set by a training loop that already added this step's grad-mode (sub)gradient to .grad
-        # (folded into its own backward pass); the next grad hook then skips it, once.
-        self._grad_added = False
         self._handles: list[AttachHandle] = []
-        self._rules = self._resolve(model, penalty, params, exclude)
-        self._rule_of = {id(p): r for r in self._rules for p in r.params}
-        self._sharded = has_dtensor(self.parameters())  # FSDP2 DTensor parameters
-        # checked once (first penalty() or attach()): fully_shard after this replaced the parameters
-        self._unchecked_model = None if self._sharded else weakref.ref(model)
-
-    # ----------------------------------------------------------------- construction
-    def _resolve(self, model, penalty, params, exclude) -> list[_Rule]:
-        if isinstance(penalty, Penalty):
-            rules_in = [("weights" if params is None else params, penalty)]
-        elif _is_rule_list(penalty) and penalty:
-            if params is not None:
-                raise ValueError(
-                    "The 'params' argument of Regularizer must be left out when 'penalty' is a "
-                    "list of (selection, penalty) rules: each rule has its own selection; got "
-                    f"params={describe_selection(params)}."
-                )
-            rules_in = list(penalty)
-        else:
-            raise TypeError(
-                "The 'penalty' argument of Regularizer must be a Penalty (e.g. regtorch.L1(1e-4)) "
-                f"or a non-empty list of (selection, penalty) pairs; got {penalty!r}."
-            )
-        rules: list[_Rule] = []
-        owner_of: dict[int, tuple[int, str]] = {}
-        for index, (selection, rule_penalty) in enumerate(rules_in):
-            if not isinstance(rule_penalty, Penalty):
-                raise TypeError(
-                    f"Rule {index} of the 'penalty' argument of Regularizer must pair a selection "
-                    f"with a Penalty; got {rule_penalty!r} of type {type(rule_penalty).__name__}."
-                )
-            if self.mode == "prox" and not rule_penalty.supports_prox:
-                raise ValueError(rule_penalty._no_prox_message())
-            if self.prox_metric == "adam":
-                check_metric_penalty(rule_penalty)
-            chosen = select_parameters(model, selection, exclude=exclude)
-            for name, param in chosen:
-                if id(param) in owner_of:
-                    first, _first_name = owner_of[id(param)]
-                    raise ValueError(
-                        f"Parameter {name!r} is claimed by two rules of Regularizer: rule {first} "
-                        f"({describe_selection(rules_in[first][0])}) and rule {index} "
-                        f"({describe_selection(selection)}). Each parameter may have one penalty; "
-                        "narrow a selection or use exclude=."
-                    )
-                owner_of[id(param)] = (index, name)
-                rule_penalty.check_tensor(name, param)
-            rules.append(_Rule(selection, rule_penalty, [n for n, _ in chosen], [p for _, p in chosen]))
-        return rules
+        self.rules: list[Rule] = resolve_rules(
+            model, penalty, params, exclude, mode=self.mode, prox_metric=self.prox_metric, example_input=example_input
+        )
+        """The resolved rules: each penalty with its parameter names and parameters."""
+        self._rule_of = {id(p): r for r in self.rules for p in r.params}
+        self._unchecked_model: weakref.ref[nn.Module] | None = weakref.ref(model)
 
     # ----------------------------------------------------------------- properties
     @property
     def penalties(self) -> list[Penalty]:
         """The penalty of each rule (one for a single penalty)."""
-        return [r.penalty for r in self._rules]
+        return [r.penalty for r in self.rules]
 
     @property
     def scale(self) -> float:
@@ -225,24 +168,39 @@ class Regularizer:
     def scale(self, value: float) -> None:
         self._scale = check_real("Regularizer", "scale", value, Interval(low=0.0))
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the regularized parameters are FSDP2 ``DTensor`` shards."""
+        return has_dtensor(self.parameters())
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers this regularizer is attached to (one entry per :meth:`attach` in force)."""
+        return [handle.optimizer for handle in self._handles]
+
     def factor(self) -> float:
         """Return the current strength multiplier ``scale × schedule(num_steps)``."""
         if self.schedule is None:
             return self._scale
-        scheduled = check_real(
-            "Regularizer", "schedule(step)", self.schedule(self.num_steps), Interval(low=0.0)
-        )
+        scheduled = check_real("Regularizer", "schedule(step)", self.schedule(self.num_steps), Interval(low=0.0))
         return self._scale * scheduled
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Return the regularized ``(name, parameter)`` pairs, in rule order."""
-        return [(n, p) for r in self._rules for n, p in zip(r.names, r.params, strict=False)]
+        return [(n, p) for r in self.rules for n, p in zip(r.names, r.params, strict=True)]
 
     def parameters(self) -> list[nn.Parameter]:
         """Return the regularized parameters."""
-        return [p for r in self._rules for p in r.params]
+        return [p for r in self.rules for p in r.params]
 
-    # ----------------------------------------------------------------- loss mode and values
+    def _check_model(self) -> None:
+        """Once, at first use: the model still holds the parameters (not resharded, not replaced)."""
+        if self._unchecked_model is not None:
+            model, self._unchecked_model = self._unchecked_model(), None
+            if model is not None:
+                check_unchanged(model, self.rules)
+
+    # ----------------------------------------------------------------- values
     def penalty(self) -> torch.Tensor:
         """Return the total penalty ``s·Σ_rules R(w)`` as a 0-dim tensor.
 
@@ -250,76 +208,20 @@ class Regularizer:
         detached, for logging. With sharded parameters (FSDP2) it is the global value, the same on
         every rank: local sums on the shards and one all-reduce for all rules (call it on every rank).
         """
-        if self._unchecked_model is not None:
-            self._check_not_resharded()
+        self._check_model()
         factor = self.factor()
-        if self._sharded:
-            penalties = [r.penalty for r in self._rules for _ in r.params]
-            if self.mode == "loss":
-                total = _distributed.value(penalties, self.parameters(), self.foreach, self.fused)
-            else:
-                with torch.no_grad():
-                    total = _distributed.value(penalties, self.parameters())
-            return total * factor if factor != 1.0 else total
+        rules = [(r.penalty, list(r.params)) for r in self.rules]
+        backend = backend_for(self.parameters())
         if self.mode == "loss":
-            values = [r.penalty.value(r.params, foreach=self.foreach, fused=self.fused) for r in self._rules]
+            total = backend.value(rules, self.foreach, self.fused)
         else:
             with torch.no_grad():
-                values = [r.penalty.value(r.params) for r in self._rules]
-        total = values[0]
-        for value in values[1:]:
-            total = total + value.to(total.device)
+                total = backend.value(rules, self.foreach, self.fused)
         return total * factor if factor != 1.0 else total
-
-    # ----------------------------------------------------------------- custom training loops
-    def grad_coefficients(self) -> dict[torch.Tensor, tuple[float, float]] | None:
-        """Return ``{p: (a₁, a₂)}`` with ``∂(s·R)/∂p = a₁·sign(p) + a₂·p`` right now, or None.
-
-        ``a₁ = s·λ₁`` and ``a₂ = 2·s·λ₂`` (``s`` = :meth:`factor`) for every regularized parameter
-        when each rule's penalty is element-wise (L1 and squared-L2 terms only) and nothing is
-        sharded; None otherwise. For a training loop that writes the penalty's gradient inside its
-        own kernels (``regtorch train`` folds it into the weight-gradient product), then calls
-        :meth:`skip_next_grad_hook` in grad mode.
-        """
-        if self._sharded:
-            return None
-        factor = self.factor()
-        coefficients: dict[torch.Tensor, tuple[float, float]] = {}
-        for rule in self._rules:
-            plan = rule.penalty._elementwise_plan()
-            if plan is None:
-                return None
-            pair = (factor * plan.l1, 2.0 * factor * plan.l2)
-            for p in rule.params:
-                coefficients[p] = pair
-        return coefficients
-
-    def skip_next_grad_hook(self) -> None:
-        """Make the next grad-mode hook call add nothing, once: this step's gradient is already added.
-
-        For a training loop that added ``∂(s·R)`` itself (see :meth:`grad_coefficients`) to the
-        gradients of an optimizer this regularizer is attached to, before calling its ``step()``.
-        """
-        self._grad_added = True
-
-    @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        """The optimizers this regularizer is attached to (one entry per :meth:`attach` in force)."""
-        return [handle.optimizer for handle in self._handles]
-
-    def _check_not_resharded(self) -> None:
-        model = self._unchecked_model()  # type: ignore[misc]
-        self._unchecked_model = None
-        if model is not None and fully_sharded(model):
-            raise ValueError(
-                "The model was sharded by FSDP2 (fully_shard) after this Regularizer was built, so "
-                "it holds the parameters fully_shard replaced. Build the Regularizer (and the "
-                "optimizer) after fully_shard."
-            )
 
     def stats(self) -> Stats:
         """Return per-parameter penalty, norms, exact zeros and zero groups, with totals."""
-        triples = [(n, p, r.penalty) for r in self._rules for n, p in zip(r.names, r.params, strict=False)]
+        triples = [(n, p, r.penalty) for r in self.rules for n, p in zip(r.names, r.params, strict=True)]
         return parameter_stats(triples, factor=self.factor())
 
     # ----------------------------------------------------------------- optimizer hooks
@@ -338,13 +240,19 @@ class Regularizer:
 
         Raises:
             TypeError: If ``optimizer`` is not a ``torch.optim.Optimizer``.
-            ValueError: For LBFGS in grad/prox mode, an optimizer missing the parameters, or
-                ``prox_metric="adam"`` with an optimizer that keeps no ``exp_avg_sq``.
+            ValueError: For LBFGS in grad/prox mode, an optimizer missing the parameters, an
+                optimizer this regularizer is already attached to, or ``prox_metric="adam"`` with
+                an optimizer that keeps no ``exp_avg_sq``.
         """
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 "The 'optimizer' argument of Regularizer.attach must be a torch.optim.Optimizer; "
                 f"got {type(optimizer).__name__}."
+            )
+        if any(h.optimizer is optimizer for h in self._handles):
+            raise ValueError(
+                "The 'optimizer' argument of Regularizer.attach is already attached to this regularizer "
+                "(its penalty would be applied twice per step); call .remove() on the first handle first."
             )
         if isinstance(optimizer, torch.optim.LBFGS) and self.mode != "loss":
             raise ValueError(
@@ -353,8 +261,7 @@ class Regularizer:
             )
         if self.prox_metric == "adam":
             check_metric_optimizer(optimizer)
-        if self._unchecked_model is not None:
-            self._check_not_resharded()
+        self._check_model()
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in self.named_parameters() if id(p) not in held]
         if len(missing) == len(self.parameters()) or (missing and not partial):
@@ -373,33 +280,43 @@ class Regularizer:
         self._handles.append(handle)
         return handle
 
-    def _selected_in(self, optimizer: torch.optim.Optimizer | None):
-        """Yield ``(group, rule, params)`` for the regularized parameters each group holds.
+    def _forget(self, handle: AttachHandle) -> None:
+        if handle in self._handles:
+            self._handles.remove(handle)
 
-        With no optimizer: ``(None, rule, params)`` for every rule's parameters that have a gradient.
+    def _selected_in(
+        self, optimizer: torch.optim.Optimizer | None
+    ) -> Iterator[tuple[dict[str, Any] | None, Rule, list[torch.Tensor]]]:
+        """Yield ``(param group, rule, params)`` for the regularized parameters with a gradient.
+
+        Per group of ``optimizer`` (all parameters when it is ``None``, the group then ``None``). A
+        rule whose penalty couples its whole list (coupled groups) comes whole, once, when any of its
+        parameters has a gradient, with the group of its first parameter.
         """
+        group_of = {} if optimizer is None else {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        for rule in self.rules:
+            if rule.per_tensor:
+                continue
+            if any(p.grad is not None for p in rule.params) and (optimizer is None or id(rule.params[0]) in group_of):
+                yield group_of.get(id(rule.params[0])), rule, list(rule.params)
         if optimizer is None:
-            for rule in self._rules:
+            for rule in self.rules:
                 params = [p for p in rule.params if p.grad is not None]
-                if params:
+                if params and rule.per_tensor:
                     yield None, rule, params
             return
         rule_of = self._rule_of
         for group in optimizer.param_groups:
-            by_rule: dict[int, tuple[_Rule, list[torch.Tensor]]] = {}
+            by_rule: dict[int, tuple[Rule, list[torch.Tensor]]] = {}
             for p in group["params"]:
                 rule = rule_of.get(id(p))
-                if rule is not None and p.grad is not None:
+                if rule is not None and rule.per_tensor and p.grad is not None:
                     by_rule.setdefault(id(rule), (rule, []))[1].append(p)
             for rule, params in by_rule.values():
                 yield group, rule, params
 
     def _grad_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        # ``args`` is the step's full argument tuple: (optimizer, closure?) — the closure, if any,
-        # is args[1] or kwargs["closure"].
-        if self._grad_added:
-            self._grad_added = False
-            return None
+        # ``args`` is the step's full argument tuple: (optimizer, closure?).
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is not None:
             # step(closure) computes the gradients inside the closure: add ∂R right after it runs.
@@ -417,7 +334,8 @@ class Regularizer:
     def add_grad_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Add ``∂(s·R)`` to the ``.grad`` of the regularized parameters now, as grad mode's hook does.
 
-        Only parameters that have a gradient, and that ``optimizer`` holds when one is given.
+        Only parameters that have a gradient, and that ``optimizer`` holds when one is given (for
+        custom training loops that call it between ``backward()`` and their update).
 
         Raises:
             TypeError: If a gradient is sparse.
@@ -425,37 +343,55 @@ class Regularizer:
         factor = self.factor()
         if factor == 0:
             return
+        jobs = []
         for _, rule, params in self._selected_in(optimizer):
-            grads = []
             for p in params:
-                if p.grad.is_sparse:
+                if p.grad is not None and p.grad.is_sparse:
                     raise TypeError(
                         "mode='grad' adds a dense (sub)gradient and cannot add it to the sparse "
                         f"gradient of the parameter of shape {tuple(p.shape)}; use mode='prox' or "
                         "'loss', or a dense gradient (e.g. nn.Embedding(sparse=False))."
                     )
-                grads.append(p.grad)
-            rule.penalty.add_grad_(params, grads, alpha=factor, foreach=self.foreach, fused=self.fused)
+            if not rule.per_tensor:
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+            jobs.append((rule.penalty, params, [p.grad for p in params]))
+        if jobs:
+            backend_for(self.parameters()).add_grad_(jobs, factor, self.foreach, self.fused)
 
     def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.mode == "prox":
             factor = self.factor()
             if factor > 0:
                 for group, rule, params in self._selected_in(optimizer):
-                    lr = group["lr"]
-                    lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-                    step = lr * self.step_factor * factor
-                    if self.prox_metric == "adam":
-                        denominators = adam_denominators(optimizer, group, params)
-                        plan = check_metric_penalty(rule.penalty)
-                        foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
-                        if self._sharded:  # element-wise: on the local shards, no communication
-                            params, denominators = local_views(params)[0], local_views(denominators)[0]
-                        metric_prox_(params, denominators, step, plan, foreach=foreach)
-                    else:
-                        rule.penalty.prox(params, step, foreach=self.foreach, fused=self.fused)
+                    self._prox_step(optimizer, group, rule, params, factor)
         if self._handles and optimizer is self._handles[0].optimizer:
             self.num_steps += 1
+
+    def _prox_step(
+        self, optimizer: torch.optim.Optimizer, group: Any, rule: Rule, params: list[torch.Tensor], factor: float
+    ) -> None:
+        lr = group["lr"]
+        step = (float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)) * self.step_factor * factor
+        if not rule.per_tensor:
+            lrs = {float(g["lr"]) for g in optimizer.param_groups if any(id(p) in {id(q) for q in params} for p in g["params"])}
+            if len(lrs) > 1:
+                raise ValueError(
+                    f"The coupled penalty {rule.penalty!r} spans parameter groups with different learning "
+                    f"rates {sorted(lrs)}; its prox needs one step. Put its parameters in one group."
+                )
+        if self.prox_metric != "adam":
+            rule.penalty.prox(params, step, foreach=self.foreach, fused=self.fused)
+            return
+        denominators = adam_denominators(optimizer, group, params)
+        plan = check_metric_penalty(rule.penalty)
+        foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
+        if has_dtensor(params):  # element-wise: on the local shards, no communication
+            from regtorch.distributed._layout import local_views
+
+            params, denominators = local_views(params)[0], local_views(denominators)[0]
+        metric_prox_(params, denominators, step, plan, foreach=foreach)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -469,26 +405,26 @@ class Regularizer:
             "prox_metric": self.prox_metric,
             "scale": self._scale,
             "num_steps": self.num_steps,
-            "penalties": [r.penalty.get_config() for r in self._rules],
+            "penalties": [r.penalty.get_config() for r in self.rules],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (strengths, scale, step count).
 
         Raises:
-            ValueError: If the state belongs to a regularizer of another mode, prox metric or rule
-                count (a state without ``prox_metric`` counts as ``"euclidean"``).
+            ValueError: If the state belongs to a regularizer of another mode, prox metric, rule
+                count or penalty kind (only strengths may differ); nothing is changed then.
         """
-        if not isinstance(state, dict) or "penalties" not in state:
+        if not isinstance(state, dict) or not isinstance(state.get("penalties"), list):
             raise ValueError(
                 "The 'state' argument of Regularizer.load_state_dict must be a dict from "
                 f"Regularizer.state_dict(); got {type(state).__name__}."
             )
-        if state.get("mode") != self.mode or len(state["penalties"]) != len(self._rules):
+        if state.get("mode") != self.mode or len(state["penalties"]) != len(self.rules):
             raise ValueError(
                 "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
                 f"mode={state.get('mode')!r} and {len(state['penalties'])} rule(s); this one has "
-                f"mode={self.mode!r} and {len(self._rules)} rule(s)."
+                f"mode={self.mode!r} and {len(self.rules)} rule(s)."
             )
         if state.get("prox_metric", "euclidean") != self.prox_metric:
             raise ValueError(
@@ -496,18 +432,24 @@ class Regularizer:
                 f"prox_metric={state.get('prox_metric', 'euclidean')!r}; this one has "
                 f"prox_metric={self.prox_metric!r}."
             )
-        penalties = [penalty_from_config(c) for c in state["penalties"]]
-        for rule, penalty in zip(self._rules, penalties, strict=False):
-            rule.penalty = penalty
-        self.scale = state.get("scale", 1.0)
-        self.num_steps = int(state.get("num_steps", 0))
+        scale = check_real("Regularizer.load_state_dict", "scale", state.get("scale", 1.0), Interval(low=0.0))
+        steps = state.get("num_steps", 0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"The 'num_steps' entry of Regularizer.load_state_dict's state must be an int >= 0; got {steps!r}.")
+        backup = [r.penalty.get_config() for r in self.rules]
+        try:
+            for index, (rule, config) in enumerate(zip(self.rules, state["penalties"], strict=True)):
+                load_strengths(rule.penalty, config, f"rule {index}")
+        except (ValueError, TypeError):
+            for rule, config in zip(self.rules, backup, strict=True):  # all or nothing
+                load_strengths(rule.penalty, config, "")
+            raise
+        self._scale = scale
+        self.num_steps = steps
 
     def __repr__(self) -> str:
-        rules = ", ".join(
-            f"{describe_selection(r.selection)}: {r.penalty!r} ({len(r.params)} tensors)" for r in self._rules
-        )
         metric = "" if self.prox_metric == "euclidean" else f", prox_metric={self.prox_metric!r}"
-        return f"Regularizer(mode={self.mode!r}{metric}, {rules})"
+        return f"Regularizer(mode={self.mode!r}{metric}, {', '.join(r.describe() for r in self.rules)})"
 
 
 def regularize(

@@ -10,11 +10,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from regtorch import _distributed
-from regtorch._distributed import Reducer, has_dtensor, local_views
-from regtorch._penalty import Penalty
-from regtorch._proximal import GroupSpec, group_norms, group_reduce_dims
-from regtorch._reductions import sum_abs, sum_square
+from regtorch.distributed._detect import has_dtensor
+from regtorch.kernels import sum_abs, sum_square
+from regtorch.kernels import group as kg
+from regtorch.penalties import GroupLasso, Penalty
 from regtorch.regularizer._selection import Selection, select_parameters
 
 __all__ = ["ParameterStats", "Stats", "parameter_stats", "sparsity"]
@@ -35,7 +34,8 @@ class ParameterStats:
         groups: Number of groups (rows = output neurons/filters, or the penalty's own groups).
         zero_groups: Groups whose entries are all exactly 0 (dead neurons/filters).
         group_spec: How groups were formed (``"rows"`` unless a GroupLasso term says otherwise).
-        penalty: This parameter's share of the penalty, or ``None`` without a penalty.
+        penalty: This parameter's share of the penalty, or ``None`` without a penalty (or with a
+            coupled group penalty, whose groups span parameters: its value is in ``Stats.penalty``).
         finite: Whether every entry is finite.
     """
 
@@ -107,26 +107,39 @@ class Stats:
         return "\n".join(lines)
 
 
-def _group_spec_of(penalty: Penalty | None) -> GroupSpec:
+_ROWS = kg.DimGroups(0)
+
+
+def _grouping_of(penalty: Penalty | None) -> tuple[kg.Grouping, str]:
+    """The per-parameter groups statistics count: a group-lasso term's own (rows otherwise)."""
     if penalty is not None:
         for term in penalty.terms():
-            groups = getattr(term, "groups", None)
-            if groups is not None:
-                return groups
-    return "rows"
+            if isinstance(term, GroupLasso) and term.groups != "coupled":
+                return term.grouping, str(term.groups) if not isinstance(term.groups, list) else "explicit"
+    return _ROWS, "rows"
+
+
+def _coupled(penalty: Penalty | None) -> bool:
+    return penalty is not None and any(isinstance(t, GroupLasso) and t.groups == "coupled" for t in penalty.terms())
+
+
+def _value_of(penalty: Penalty, param: torch.Tensor, factor: float) -> float | None:
+    if _coupled(penalty):
+        return None  # a coupled penalty has no per-parameter share: its value is in Stats.penalty
+    return factor * float(penalty.value([param]))
 
 
 def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float) -> ParameterStats:
     w = param.detach()
-    spec = _group_spec_of(penalty)
+    grouping, spec = _grouping_of(penalty)
     zeros = int((w == 0).sum())
     if w.ndim == 0:
         groups, zero_groups = w.numel(), zeros
     else:
-        norms = group_norms(w, spec)
-        groups = norms.numel()
-        zero_groups = int((norms == 0).sum())
-    value = None if penalty is None else factor * float(penalty.value([w]))
+        (sumsq,) = grouping.sumsq([w], "reference")
+        groups = sumsq.numel()
+        zero_groups = int((sumsq == 0).sum())
+    value = None if penalty is None else _value_of(penalty, w, factor)
     return ParameterStats(
         name=name,
         shape=tuple(w.shape),
@@ -137,7 +150,7 @@ def _one(name: str, param: torch.Tensor, penalty: Penalty | None, factor: float)
         l2_norm=math.sqrt(float(sum_square(w))),
         groups=groups,
         zero_groups=zero_groups,
-        group_spec=str(spec),
+        group_spec=spec,
         penalty=value,
         finite=bool(torch.isfinite(w).all()),
     )
@@ -151,14 +164,20 @@ def _sharded(
     Local counts and sums are summed over the ranks holding shards, group norms over the ranks a
     group spans; three all-reduces in all (penalties, group norms, counts), the same on every rank.
     """
+    from regtorch.distributed._layout import Reducer, group_norms_across, local_views
+    from regtorch.distributed._sharded import total_value
+    from regtorch.distributed._sharded import values as sharded_values
+
     tensors = [p.detach() for _, p, _ in named]
     locals_, layouts = local_views(tensors)
-    specs = [_group_spec_of(pen) for _, _, pen in named]
-    dims = [group_reduce_dims(spec, w.ndim) for spec, w in zip(specs, locals_, strict=True)]
+    found = [_grouping_of(pen) for _, _, pen in named]
+    specs = [spec if isinstance(g, (kg.DimGroups, kg.WholeTensor)) else "rows" for g, spec in found]
+    groupings = [g if isinstance(g, (kg.DimGroups, kg.WholeTensor)) else _ROWS for g, _ in found]
+    dims = [g.reduce_dims(w.ndim) for g, w in zip(groupings, locals_, strict=True)]
     with_penalty = [i for i, (_, _, pen) in enumerate(named) if pen is not None]
-    totals, _ = _distributed.values([named[i][2] for i in with_penalty], [tensors[i] for i in with_penalty])
+    totals, _ = sharded_values([named[i][2] for i in with_penalty], [tensors[i] for i in with_penalty])
     values = dict(zip(with_penalty, totals, strict=True))
-    norms = _distributed.group_norms_across(locals_, layouts, dims)
+    norms = group_norms_across(locals_, layouts, dims)
     reducer = Reducer()
     handles = []
     for w, layout, n, d in zip(locals_, layouts, norms, dims, strict=True):
@@ -180,7 +199,7 @@ def _sharded(
     for i, ((name, _, pen), w, d, (first, second)) in enumerate(rows):
         zeros, nonfinite = int(reduced[first][0]), int(reduced[first][1])
         l1, l2_squared = float(reduced[first][-2]), float(reduced[first][-1])
-        value = None if pen is None else factor * float(_distributed.total_value([values[i]], [w]))
+        value = None if pen is None else factor * float(total_value([values[i]], [w]))
         per.append(
             ParameterStats(
                 name=name,
@@ -192,12 +211,26 @@ def _sharded(
                 l2_norm=math.sqrt(l2_squared),
                 groups=math.prod(n for k, n in enumerate(w.shape) if k not in d),
                 zero_groups=int(reduced[second].sum()),
-                group_spec=str(specs[i]),
+                group_spec=specs[i],
                 penalty=value,
                 finite=nonfinite == 0,
             )
         )
     return per
+
+
+def _total_penalty(
+    named: Sequence[tuple[str, torch.Tensor, Penalty | None]], per: list[ParameterStats], factor: float
+) -> float:
+    """The sum of the parameters' shares; a coupled penalty's value over its whole list."""
+    total = sum(p.penalty for p in per if p.penalty is not None)
+    coupled: dict[int, tuple[Penalty, list[torch.Tensor]]] = {}
+    for _, param, pen in named:
+        if pen is not None and _coupled(pen):
+            coupled.setdefault(id(pen), (pen, []))[1].append(param)
+    for pen, params in coupled.values():
+        total += factor * float(pen.value(params))
+    return total
 
 
 def parameter_stats(named: Sequence[tuple[str, torch.Tensor, Penalty | None]], factor: float = 1.0) -> Stats:
@@ -215,7 +248,7 @@ def parameter_stats(named: Sequence[tuple[str, torch.Tensor, Penalty | None]], f
             per = [_one(name, p, pen, factor) for name, p, pen in named]
     numel = sum(p.numel for p in per)
     zeros = sum(p.zeros for p in per)
-    has_penalty = any(p.penalty is not None for p in per)
+    has_penalty = any(pen is not None for _, _, pen in named)
     nonfinite = [p.name for p in per if not p.finite]
     if nonfinite:
         warnings.warn(
@@ -234,7 +267,7 @@ def parameter_stats(named: Sequence[tuple[str, torch.Tensor, Penalty | None]], f
         zero_groups=sum(p.zero_groups for p in per),
         l1_norm=sum(p.l1_norm for p in per),
         l2_norm=math.sqrt(sum(p.l2_norm**2 for p in per)),
-        penalty=sum(p.penalty or 0.0 for p in per) if has_penalty else None,
+        penalty=_total_penalty(named, per, factor) if has_penalty else None,
         nonfinite=nonfinite,
     )
 

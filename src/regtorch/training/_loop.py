@@ -15,9 +15,7 @@ from torch import nn
 import regtorch
 from regtorch.data import iterate_batches
 from regtorch.training._errors import RunFailed
-from regtorch.training._fused_adam import fused_adam_step
 from regtorch.training._metrics import PenaltyParts, format_log_line, weight_sparsity
-from regtorch.training._mlp_step import changed_since_checked, mlp_grads_, mlp_layers
 from regtorch.training._progress import Reporter
 
 __all__ = ["Callback", "TrainState", "Trainer", "evaluate"]
@@ -88,12 +86,8 @@ class Trainer:
 
     Each epoch draws one permutation from ``generator`` (the only randomness), cuts it into
     batches, and runs ``zero_grad → forward → cross-entropy (+ penalty in loss mode) → backward
-    → step`` on each. A plain MLP (``nn.Sequential`` of Flatten, Linear and ReLU, trained through
-    ``model`` itself) skips autograd: :mod:`regtorch.training._mlp_step` writes the same gradients
-    with the same kernels, and in loss mode the penalty's gradient is added to them directly (the
-    gradient of ``loss + penalty``; the penalty's value is computed only when logged). An
-    element-wise penalty's ``a₁·sign(W) + a₂·W`` is folded into the weight-gradient product, in
-    loss mode and in grad mode (whose optimizer hook then skips the step's gradient).
+    → step`` on each, with autograd and the ``torch.optim`` optimizer as they are (the
+    regularizer's hooks run inside ``optimizer.step()``).
 
     Losses stay on the device and are read only every ``log_every`` batches and at the end of an
     epoch, which then evaluates train/validation loss and accuracy, penalty and sparsity, writes a
@@ -171,75 +165,16 @@ class Trainer:
         self.step_fn = step_fn or self.train_step
         self.forward = forward or model
         self._loss_mode = regularizer is not None and regularizer.mode == "loss"
-        self._params: list[torch.Tensor] = []
-        self._params_of: torch.optim.Optimizer | None = None
-        self._plain_forward = forward is None
-        self._mlp_key: tuple[Any, ...] = ()
-        self._mlp: tuple[bool, tuple[nn.Linear, ...]] | None = None
-        self._holds_regularized = False
 
     # ----------------------------------------------------------------- the step
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Run one optimizer step on a batch; return its data loss (detached, not synced)."""
-        mlp = self._plain_mlp() if self._plain_forward else None
-        if mlp is not None and xb.dtype == mlp[1][0].weight.dtype:
-            reg = self.regularizer
-            terms = reg.grad_coefficients() if self._can_fold() else None
-            loss = mlp_grads_(*mlp, xb, yb, terms)
-            if terms is not None and not self._loss_mode:
-                reg.skip_next_grad_hook()  # grad mode: the step's hook must not add it again
-            elif terms is None and self._loss_mode:  # group or Lp terms: the penalty's own gradient
-                reg.add_grad_(self.optimizer)
-            self._step_optimizer()
-            return loss
+        self.optimizer.zero_grad()
         loss = F.cross_entropy(self.forward(xb), yb)
         total = loss + self.regularizer.penalty() if self._loss_mode else loss
-        for p in self._grad_params():  # zero_grad(set_to_none=True), minus its overhead
-            p.grad = None
         total.backward()
-        self._step_optimizer()
+        self.optimizer.step()
         return loss.detach()
-
-    def _step_optimizer(self) -> None:
-        """``optimizer.step()``; a fused Adam/AdamW takes the short way (same update and hooks)."""
-        if not fused_adam_step(self.optimizer):
-            self.optimizer.step()
-
-    def _grad_params(self) -> list[torch.Tensor]:
-        if self._params_of is not self.optimizer:  # the optimizer was rebuilt
-            self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            self._params_of = self.optimizer
-        return self._params
-
-    def _plain_mlp(self) -> tuple[bool, tuple[nn.Linear, ...]] | None:
-        """The model's layers when the hand-written MLP step can train it with this optimizer."""
-        key = (self.optimizer, *self.model._modules.values())  # objects, not ids: no id reuse
-        if key != self._mlp_key:
-            self._mlp_key = key
-            found = mlp_layers(self.model)
-            held = {id(p) for p in self._grad_params()}
-            mine = {id(p) for m in found[1] for p in m.parameters()} if found else set()
-            self._mlp = found if found and held <= mine else None
-            reg = self.regularizer
-            self._holds_regularized = reg is not None and {id(p) for p in reg.parameters()} <= held
-        elif self._mlp is not None and changed_since_checked(self.model, self._mlp[1]):
-            self._mlp = None  # a hook or a frozen parameter since: autograd honours them
-        return self._mlp
-
-    def _can_fold(self) -> bool:
-        """Whether the hand-written step may add the penalty's gradient itself.
-
-        Loss mode: always. Grad mode: when the regularizer is attached to this optimizer only and
-        the optimizer holds every regularized parameter, so that skipping its hook once per step
-        adds the gradient exactly once.
-        """
-        if self._loss_mode:
-            return True
-        reg = self.regularizer
-        if reg is None or reg.mode != "grad" or not self._holds_regularized:
-            return False
-        attached = reg.optimizers
-        return len(attached) == 1 and attached[0] is self.optimizer
 
     def lr(self) -> float:
         """Return the first parameter group's current learning rate."""

@@ -9,13 +9,12 @@ passes, a few hundred KiB of extra memory, and a relative error far below 1e-6.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 
 __all__ = [
     "accumulation_dtype",
-    "group_by_device_and_dtype",
     "result_dtype",
     "sum_abs",
     "sum_abs_pow",
@@ -86,16 +85,3 @@ def sum_abs_pow(tensor: torch.Tensor, p: float) -> torch.Tensor:
         out.pow_(p)
 
     return _chunked(tensor, kernel)
-
-
-def group_by_device_and_dtype(
-    tensors: Sequence[torch.Tensor],
-) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Map ``(device, dtype)`` to the indices of ``tensors`` that have it, in order.
-
-    Multi-tensor (``torch._foreach_*``) kernels need each list on one device with one dtype.
-    """
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
-    return groups

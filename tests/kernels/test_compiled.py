@@ -1,4 +1,4 @@
-"""The compiled one-pass kernels equal the eager per-tensor path, never recompile, and fall back."""
+"""The compiled kernels equal the reference ones, never recompile for new numbers, and fall back."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import torch
 from torch import nn
 
 import regtorch as rt
-from regtorch import _fused
+from regtorch import kernels
+from regtorch.kernels import _choose
+from regtorch.kernels import elastic_net as en
 
 pytestmark = pytest.mark.skipif(
-    not _fused.fused_available("cpu"), reason="no C++ compiler for torch.compile on this machine"
+    not kernels.compiled_available("cpu"), reason="no C++ compiler for torch.compile on this machine"
 )
 
-N = _fused.FUSED_MIN_TENSOR + 7  # large enough for the fused path, odd-sized
+N = kernels.COMPILED_MIN_TENSOR + 7  # large enough for the fused path, odd-sized
 
 
 def _tensors(dtype):
@@ -76,36 +78,51 @@ def test_changing_strength_lr_and_size_never_recompiles() -> None:
     assert dict(counters["stats"]).get("unique_graphs") == before.get("unique_graphs")
 
 
-def test_small_or_strided_tensors_take_the_eager_path() -> None:
-    small = torch.randn(10)
-    strided = torch.randn(N, 2)[:, 0]
-    assert _fused.fused_prox_([small, strided], 0.1, 1.0) == [0, 1]
+def test_small_or_strided_tensors_take_the_reference_kernels() -> None:
+    small, strided = torch.randn(10), torch.randn(N, 2)[:, 0]
+    assert not kernels.compiled_eligible(small) and not kernels.compiled_eligible(strided)
+    ref = [small.clone(), strided.clone()]
+    en.prox_(ref, 0.1, 1.2, "reference")
+    en.prox_([small, strided], 0.1, 1.2, "compiled")
+    for a, b in zip(ref, [small, strided], strict=True):
+        assert torch.equal(a, b)
 
 
-def test_auto_choice_by_size() -> None:
-    assert not _fused.use_fused([torch.zeros(10)], None)
-    assert _fused.use_fused([torch.zeros(10)], True)
-    assert not _fused.use_fused([torch.zeros(_fused.FUSED_MIN_NUMEL)], False)
-    assert _fused.use_fused([torch.zeros(_fused.FUSED_MIN_NUMEL)], None)
+def test_one_chooser_decides_by_arguments_and_size() -> None:
+    tiny, big = [torch.zeros(10)], [torch.zeros(kernels.COMPILED_MIN_NUMEL)]
+    assert kernels.choose(tiny, None, None) == "foreach"  # small CPU tensors: one multi-tensor call
+    assert kernels.choose(tiny, None, True) == "compiled"
+    assert kernels.choose(tiny, False, None) == "reference"
+    assert kernels.choose(big, None, None) == "compiled"
+    assert kernels.choose(big, None, False) == "reference"  # large CPU tensors: one at a time
+    assert kernels.choose(big, True, False) == "foreach"
+    assert kernels.choose([], None, True) == "reference"
 
 
 def test_compile_failure_warns_once_and_falls_back(monkeypatch) -> None:
-    def broken(name):
+    def broken(function, **options):
         def fail(*args):
             raise RuntimeError("no compiler")
 
         return fail
 
-    monkeypatch.setattr(_fused, "_compiled", broken)
-    monkeypatch.setattr(_fused, "_broken", False)
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(_choose, "_broken", False)
+    run = kernels.compiled(lambda w: w * 2)
+    w = torch.randn(N)
+    with pytest.warns(RuntimeWarning, match="could not compile its fused kernels .*no compiler"):
+        assert run(w) is kernels.FAILED
+    assert not kernels.compiled_available("cpu")  # stays eager for the rest of the process
+    assert kernels.choose([w], None, True) != "compiled"
+    monkeypatch.setattr(_choose, "_broken", False)
+
+
+def test_a_penalty_falls_back_to_the_reference_kernels(monkeypatch) -> None:
+    monkeypatch.setattr(_choose, "_broken", True)  # as after a failed compilation
     w = torch.randn(N)
     expected = torch.nn.functional.softshrink(w, 0.2)
-    with pytest.warns(RuntimeWarning, match="could not compile its fused kernels .*no compiler"):
-        rt.L1(1.0).prox([w], 0.2, fused=True)
+    rt.L1(1.0).prox([w], 0.2, fused=True)
     torch.testing.assert_close(w, expected, rtol=0, atol=0)
-    assert not _fused.use_fused([w], True)  # stays eager for the rest of the process
-    monkeypatch.setattr(_fused, "_broken", False)
-    _fused.fused_available.cache_clear()
 
 
 def test_regularizer_fused_grad_mode_equals_eager() -> None:
@@ -172,7 +189,7 @@ def test_fused_loss_mode_retain_graph_and_accumulation() -> None:
     value.backward(retain_graph=True)
     value.backward()  # the second backward recomputes: the first gradient was handed over
     torch.testing.assert_close(p.grad, 2 * expected)
-    for _ in range(2):  # the gradient buffer is reused, .grad accumulates
+    for _ in range(2):  # .grad accumulates
         penalty.value([p], fused=True).backward()
     torch.testing.assert_close(p.grad, 4 * expected)
 
@@ -217,6 +234,6 @@ def test_fused_kernels_keep_zeros_and_propagate_nan_like_eager() -> None:
 
 def test_value_grad_rows_divide_the_tensor_when_they_can() -> None:
     for numel in (1581 * 1581, 3535 * 3535, 1000 * 1000, 1 << 20):
-        row = _fused._row_length(numel)
-        assert numel % row == 0 and _fused.ROW // 2 <= row <= 2 * _fused.ROW
-    assert _fused._row_length(N) == _fused.ROW  # no divisor near ROW: a partial last row (tested above)
+        row = en._row_length(numel)
+        assert numel % row == 0 and en.ROW // 2 <= row <= 2 * en.ROW
+    assert en._row_length(N) == en.ROW  # no divisor near ROW: a partial last row (tested above)
