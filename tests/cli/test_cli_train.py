@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli_helpers import FAST, assert_png, read_json
 
-from regtorch.training._metrics import METRIC_COLUMNS
+from regtorch.training._metrics import metric_columns
 
 TUTORIAL_LINE = re.compile(
     r"^Loss after mini-batch +(\d+): (\d+\.\d{3}) \(of which (\d+\.\d{3}) L1 loss; "
@@ -48,7 +48,8 @@ def test_train_writes_every_file(cli, tmp_path):
     assert config["command"] == "train" and config["config"]["penalty"] == "elasticnet"
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == METRIC_COLUMNS
+    assert tuple(rows[0]) == metric_columns()
+    assert {"l1", "l2", "grouplasso", "mcp", "scad"} <= set(rows[0])  # a column per registered penalty
     assert [r["kind"] for r in rows].count("epoch") == 2
     steps = [r for r in rows if r["kind"] == "step"]
     assert len(steps) == 2 * (38 // 10)  # 1212 examples / 32 = 38 batches a epoch
@@ -82,7 +83,7 @@ def test_log_line_of_other_penalties(cli, tmp_path):
     assert result.status == 0, result
     assert re.search(
         r"^Loss after mini-batch +19: \d+\.\d{3} \(of which \d+\.\d{3} L1 loss; \d+\.\d{3} "
-        r"group lasso loss\)$",
+        r"GroupLasso loss\)$",
         result.out,
         re.MULTILINE,
     )

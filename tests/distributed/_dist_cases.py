@@ -21,6 +21,9 @@ from torch import nn
 
 import regtorch as rt
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the registry examples
+from registry_examples import registry_examples
+
 WORLD = 2
 STEPS = 4
 DT = torch.float64
@@ -38,7 +41,7 @@ PENALTIES: dict[str, tuple[Callable[[], Any], str | None]] = {
     "L1": (lambda: rt.L1(0.01), "all"),
     "L2": (lambda: rt.L2(0.05), "all"),
     "ElasticNet": (lambda: rt.ElasticNet(l1=0.01, l2=0.05), "weights"),
-    "GroupLasso-rows": (lambda: rt.GroupLasso(0.2, "rows"), "all"),
+    "GroupLasso-rows": (lambda: rt.GroupLasso(0.2, 0), "all"),  # dim 0: rows, and each bias entry
     "GroupLasso-columns": (lambda: rt.GroupLasso(0.2, "columns"), "weights"),
     "SparseGroupLasso": (lambda: rt.L1(0.01) + rt.GroupLasso(0.2, "columns"), "weights"),
     "Half-SparseGroupLasso": (lambda: rt.L1(0.01) + rt.GroupLasso(0.2, "columns"), "weights"),
@@ -62,6 +65,8 @@ SINGLE: dict[str, Callable[[], rt.Penalty]] = {
     "Lp3": lambda: rt.Lp(3, 0.3),
     "Lp1.5-root": lambda: rt.Lp(1.5, 0.3, root=True),
 }
+for _example in registry_examples():  # every registered penalty, on sharded weights too
+    SINGLE.setdefault(repr(_example), lambda p=_example: p)
 PROX_STEP = 0.5
 # (out_features, in_features, placement of the weight): rows split unevenly 3/2 (columns span the
 # ranks), columns split 3/3 (rows span the ranks), and one row on two ranks (rank 1 holds nothing)

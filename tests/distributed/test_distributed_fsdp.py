@@ -138,6 +138,6 @@ def test_plain_tensors_never_reach_the_sharded_path() -> None:
 
     model = make_model()
     reg = rt.Regularizer(model, rt.GroupLasso(0.1, "columns"))
-    assert not reg._sharded
+    assert not reg.sharded
     want = sum(0.1 * p.detach().norm(dim=0).sum() for p in (model[0].weight, model[2].weight))
     assert reg.penalty().item() == pytest.approx(float(want), rel=1e-12)

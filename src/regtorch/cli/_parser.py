@@ -17,12 +17,12 @@ from regtorch.training._config import (
     MODELS,
     MODES,
     OPTIMIZERS,
-    PENALTIES,
     PROX_METRICS,
     SCHEDULES,
     parse_layer_l1,
 )
 from regtorch.training._errors import UsageError
+from regtorch.training._penalty_spec import parse_spec
 
 __all__ = ["CONFIG_OPTIONS", "build_parser"]
 
@@ -212,7 +212,15 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool, with_rules
         "l1*sum|w| + l2*sum(w^2) (no 1/2).",
     )
     if with_penalty:
-        g.add_argument("--penalty", choices=PENALTIES, default=S, help="(default none)")
+        g.add_argument(
+            "--penalty",
+            type=penalty_spec,
+            default=S,
+            metavar="SPEC",
+            help="none (default), a registered penalty (" + ", ".join(_penalty_names()) + ") or a "
+            "shorthand (group = grouplasso, sparse-group = l1 + grouplasso), optionally with its "
+            "arguments: NAME:KEY=VALUE,... e.g. mcp:strength=3e-3,gamma=3",
+        )
         g.add_argument(
             "--mode",
             choices=MODES,
@@ -270,6 +278,19 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool, with_rules
         help="prox mode: euclidean (default) or adam (threshold lr*l1/(sqrt(v)+eps) per weight; "
         "Adam-family optimizers, element-wise penalties)",
     )
+
+
+def _penalty_names() -> list[str]:
+    return [name.lower() for name in regtorch.list_penalties()]
+
+
+def penalty_spec(text: str) -> str:
+    """``--penalty``: checked against the registry, kept as text (config.json holds it)."""
+    try:
+        parse_spec(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--penalty: ")) from None
+    return text
 
 
 def layer_l1(text: str) -> str:

@@ -108,7 +108,9 @@ def values(
                     totals[i] += term._value([w], "reference").to(w.device)
                     continue
                 if term.elementwise:
-                    queued.append((i, first, first.add(term._value([w], "reference"), layout.groups(), layout.device)))
+                    queued.append(
+                        (i, first, first.add(term._value([w], "reference"), layout.groups(), layout.device))
+                    )
                     continue
                 group = _group_term(term)
                 if group is None:  # no declared structure: gather
@@ -243,7 +245,10 @@ def prox_(
                 impl = choose(locals_, foreach, fused)
                 ProxPlan(l1=plan.l1).apply(locals_, step, impl)
                 dims = [_dims(group, w.ndim) for w in locals_]
-                norms = [n.to(w.dtype) for n, w in zip(group_norms_across(locals_, layouts, dims), locals_, strict=True)]
+                norms = [
+                    n.to(w.dtype)
+                    for n, w in zip(group_norms_across(locals_, layouts, dims), locals_, strict=True)
+                ]
                 weights = [_weights(group, t)[0] for t in tensors]
                 ProxPlan(l2=plan.l2, group=plan.group).apply(
                     locals_, step, impl, group_norms=norms, group_weights=weights
@@ -264,7 +269,9 @@ class _ShardedValue(torch.autograd.Function):
     """``Σᵢ penaltiesᵢ(tensorsᵢ)`` over sharded tensors; backward returns ``DTensor`` gradients."""
 
     @staticmethod
-    def forward(ctx: Any, penalties: Sequence[Any], foreach: bool | None, fused: bool | None, *tensors: torch.Tensor):
+    def forward(
+        ctx: Any, penalties: Sequence[Any], foreach: bool | None, fused: bool | None, *tensors: torch.Tensor
+    ):
         totals, norms = values(penalties, tensors)
         ctx.penalties, ctx.foreach, ctx.fused, ctx.norms = penalties, foreach, fused, norms
         ctx.save_for_backward(*tensors)
@@ -314,4 +321,3 @@ def full_group_norms(group: GroupLasso, tensor: torch.Tensor) -> torch.Tensor:
     checked = _group_term(group)
     assert checked is not None
     return full_group_norms_along(tensor, _dims(checked, tensor.ndim)).to(tensor.dtype)
-

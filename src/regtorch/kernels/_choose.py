@@ -107,9 +107,9 @@ def choose(tensors: Sequence[torch.Tensor], foreach: bool | None, fused: bool | 
     """
     if not tensors or torch.compiler.is_compiling():
         return "reference"
-    if fused is not False and all(compiled_available(t.device.type) for t in tensors):
-        if fused or sum(t.numel() for t in tensors) >= COMPILED_MIN_NUMEL:
-            return "compiled"
+    can_compile = fused is not False and all(compiled_available(t.device.type) for t in tensors)
+    if can_compile and (fused or sum(t.numel() for t in tensors) >= COMPILED_MIN_NUMEL):
+        return "compiled"
     if foreach is None:
         foreach = all(t.device.type != "cpu" for t in tensors) or all(
             t.numel() < SMALL_TENSOR for t in tensors

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from regtorch.kernels._choose import FAILED, Impl, compiled, compiled_eligible, group_by_device_and_dtype, scalar_like
+from regtorch.kernels._choose import (
+    FAILED,
+    Impl,
+    compiled,
+    compiled_eligible,
+    group_by_device_and_dtype,
+    scalar_like,
+)
 
 __all__ = ["ElementwiseKernels"]
 
@@ -44,7 +51,9 @@ class ElementwiseKernels:
         object.__setattr__(self, "_compiled_grad", compiled(self.grad))
         object.__setattr__(self, "_compiled_prox", compiled(self.prox))
 
-    def run_value(self, tensors: Sequence[torch.Tensor], params: tuple[float, ...], impl: Impl) -> torch.Tensor:
+    def run_value(
+        self, tensors: Sequence[torch.Tensor], params: tuple[float, ...], impl: Impl
+    ) -> torch.Tensor:
         """``Σ r(w)`` over ``tensors`` as a float64 0-dim tensor on the first tensor's device."""
         device = tensors[0].device
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -56,12 +65,16 @@ class ElementwiseKernels:
             total = total + self.value(w, *params).to(device)
         return total
 
-    def run_grad(self, tensors: Sequence[torch.Tensor], params: tuple[float, ...], impl: Impl) -> list[torch.Tensor]:
+    def run_grad(
+        self, tensors: Sequence[torch.Tensor], params: tuple[float, ...], impl: Impl
+    ) -> list[torch.Tensor]:
         """``r'(w)`` for each tensor, as new tensors."""
         if impl == "foreach":
             out: list[torch.Tensor] = list(tensors)
             for indices in group_by_device_and_dtype(tensors):
-                for i, g in zip(indices, self.foreach_grad([tensors[i] for i in indices], *params), strict=True):
+                for i, g in zip(
+                    indices, self.foreach_grad([tensors[i] for i in indices], *params), strict=True
+                ):
                     out[i] = g
             return out
         grads = []

@@ -89,7 +89,9 @@ def _multi_tensor_value(tensors: Sequence[torch.Tensor], l1: float, l2: float) -
     for indices in group_by_device_and_dtype(tensors):
         group = [tensors[i] for i in indices]
         if l1:
-            total = total + l1 * torch.stack(torch._foreach_norm(group, 1, dtype=torch.float64)).sum().to(device)
+            total = total + l1 * torch.stack(torch._foreach_norm(group, 1, dtype=torch.float64)).sum().to(
+                device
+            )
         if l2:
             norms = torch.stack(torch._foreach_norm(group, 2, dtype=torch.float64))
             total = total + l2 * norms.square().sum().to(device)
@@ -293,7 +295,10 @@ def _compiled_add_grad_(
     rest = []
     for w, g in zip(tensors, grads, strict=True):
         takes = compiled_eligible(w) and g.is_contiguous() and g.dtype == w.dtype
-        if not takes or _run_add_grad(w.view(-1), g.view(-1), scalar_like(a1, w), scalar_like(a2, w)) is FAILED:
+        if (
+            not takes
+            or _run_add_grad(w.view(-1), g.view(-1), scalar_like(a1, w), scalar_like(a2, w)) is FAILED
+        ):
             rest.append((w, g))
     if rest:
         _single_tensor_add_grad_([w for w, _ in rest], [g for _, g in rest], a1, a2)
@@ -302,7 +307,10 @@ def _compiled_add_grad_(
 def _compiled_prox_(tensors: Sequence[torch.Tensor], tau: float, divisor: float) -> None:
     rest = []
     for w in tensors:
-        if not compiled_eligible(w) or _run_prox(w.view(-1), scalar_like(tau, w), scalar_like(divisor, w)) is FAILED:
+        if (
+            not compiled_eligible(w)
+            or _run_prox(w.view(-1), scalar_like(tau, w), scalar_like(divisor, w)) is FAILED
+        ):
             rest.append(w)
     if rest:
         _single_tensor_prox_(rest, tau, divisor)

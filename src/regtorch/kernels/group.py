@@ -175,7 +175,7 @@ def _ids_tensor(ids: tuple[int, ...]) -> torch.Tensor:
 
 
 def _spread(ids: torch.Tensor, factors: torch.Tensor, ndim: int, dim: int, missing: float) -> torch.Tensor:
-    """Per-index factors ``factors[ids]`` (``missing`` where ``ids`` is -1), shaped to broadcast along ``dim``."""
+    """Per-index factors ``factors[ids]`` (``missing`` where ``ids`` is -1), broadcasting along ``dim``."""
     ids = ids.to(factors.device)
     fill = torch.full((), missing, dtype=factors.dtype, device=factors.device)
     per_index = torch.where(ids >= 0, factors[ids.clamp_min(0)], fill)

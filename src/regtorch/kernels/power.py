@@ -57,7 +57,9 @@ def _multi_tensor_powers(tensors: Sequence[torch.Tensor], p: float) -> list[torc
     return out
 
 
-def _multi_tensor_grads(tensors: Sequence[torch.Tensor], p: float, coefs: Sequence[float]) -> list[torch.Tensor]:
+def _multi_tensor_grads(
+    tensors: Sequence[torch.Tensor], p: float, coefs: Sequence[float]
+) -> list[torch.Tensor]:
     out: list[torch.Tensor] = list(tensors)
     for indices in group_by_device_and_dtype(tensors):
         ws = [tensors[i] for i in indices]
@@ -99,7 +101,9 @@ def value(tensors: Sequence[torch.Tensor], p: float, strength: float, root: bool
     return strength * total
 
 
-def grad(tensors: Sequence[torch.Tensor], p: float, strength: float, root: bool, impl: Impl) -> list[torch.Tensor]:
+def grad(
+    tensors: Sequence[torch.Tensor], p: float, strength: float, root: bool, impl: Impl
+) -> list[torch.Tensor]:
     """``∂R/∂wᵢ`` as new tensors (see the module docstring)."""
     if root:
         norms = [s.pow(1.0 / p) for s in _single_tensor_powers(tensors, p)]

@@ -36,13 +36,25 @@ class Backend(Protocol):
     def value(self, rules: Sequence[Rule], foreach: bool | None, fused: bool | None) -> torch.Tensor: ...
 
     def grad(
-        self, penalty: Penalty, tensors: list[torch.Tensor], scale: Any, foreach: bool | None, fused: bool | None
+        self,
+        penalty: Penalty,
+        tensors: list[torch.Tensor],
+        scale: Any,
+        foreach: bool | None,
+        fused: bool | None,
     ) -> list[torch.Tensor]: ...
 
-    def add_grad_(self, rules: Sequence[GradRule], alpha: float, foreach: bool | None, fused: bool | None) -> None: ...
+    def add_grad_(
+        self, rules: Sequence[GradRule], alpha: float, foreach: bool | None, fused: bool | None
+    ) -> None: ...
 
     def prox_(
-        self, penalty: Penalty, tensors: list[torch.Tensor], step: float, foreach: bool | None, fused: bool | None
+        self,
+        penalty: Penalty,
+        tensors: list[torch.Tensor],
+        step: float,
+        foreach: bool | None,
+        fused: bool | None,
     ) -> None: ...
 
 

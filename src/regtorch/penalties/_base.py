@@ -272,9 +272,7 @@ def penalty_class(name: str) -> type[Penalty]:
     public = {n.lower(): c for n, c in _REGISTRY.items() if not c.internal}
     found = public.get(str(name).lower())
     if found is None:
-        raise ValueError(
-            f"Unknown penalty {name!r}; known: {', '.join(list_penalties())}."
-        )
+        raise ValueError(f"Unknown penalty {name!r}; known: {', '.join(list_penalties())}.")
     return found
 
 

@@ -1,7 +1,8 @@
-"""Group lasso: ``R(w) = λ Σ_g c_g‖w_g‖₂`` over groups of entries (kernels in :mod:`regtorch.kernels.group`)."""
+"""Group lasso: ``R(w) = λ Σ_g c_g‖w_g‖₂`` over groups of entries (kernels: :mod:`regtorch.kernels.group`)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from regtorch.penalties._prox_plan import ProxPlan
 __all__ = ["GROUP_NAMES", "GroupLasso"]
 
 GROUP_NAMES = ("rows", "columns", "filters", "channels", "tensor", "coupled")
+_NAMES = ", ".join(map(repr, GROUP_NAMES))
 _NAMED_DIMS = {"rows": 0, "filters": 0, "columns": 1, "channels": 1}
 _MIN_NDIM = {"rows": 2, "columns": 2, "filters": 3, "channels": 3}
 _KIND = {"rows": "a matrix (Linear, Embedding)", "columns": "a matrix (Linear, Embedding)",
@@ -113,13 +115,13 @@ class GroupLasso(Penalty):
         if ids is None:
             if isinstance(groups, bool) or not isinstance(groups, (str, int)):
                 raise TypeError(
-                    f"The 'groups' argument of GroupLasso must be one of {', '.join(map(repr, GROUP_NAMES))}, "
-                    f"an int dimension, index lists or a tensor of group ids; got {groups!r}."
+                    f"The 'groups' argument of GroupLasso must be one of {_NAMES}, an int dimension, index "
+                    f"lists or a tensor of group ids; got {groups!r}."
                 )
             if isinstance(groups, str) and groups not in GROUP_NAMES:
                 raise ValueError(
-                    f"The 'groups' argument of GroupLasso must be one of {', '.join(map(repr, GROUP_NAMES))}, "
-                    f"an int dimension, index lists or a tensor of group ids; got {groups!r}."
+                    f"The 'groups' argument of GroupLasso must be one of {_NAMES}, an int dimension, index "
+                    f"lists or a tensor of group ids; got {groups!r}."
                 )
             if dim is not None:
                 raise ValueError(
@@ -138,10 +140,15 @@ class GroupLasso(Penalty):
             self._grouping = kg.WholeTensor()
         elif groups != "coupled":
             self._grouping = kg.DimGroups(_NAMED_DIMS.get(groups, groups))  # type: ignore[arg-type]
-        if isinstance(self.weights, list) and not isinstance(self._grouping, kg.IndexGroups) and groups != "coupled":
+        if (
+            isinstance(self.weights, list)
+            and not isinstance(self._grouping, kg.IndexGroups)
+            and groups != "coupled"
+        ):
             raise ValueError(
                 "The 'weights' argument of GroupLasso takes one weight per group only with explicit or "
-                f"coupled groups (a fixed number of groups); got {len(self.weights)} weights with groups={groups!r}."
+                f"coupled groups (a fixed number of groups); got {len(self.weights)} weights with "
+                f"groups={groups!r}."
             )
         if isinstance(self._grouping, kg.IndexGroups) and isinstance(self.weights, list):
             _check_count(len(self.weights), self._grouping.num_groups)
@@ -160,7 +167,9 @@ class GroupLasso(Penalty):
     def bind(self, grouping: kg.CoupledGroups) -> GroupLasso:
         """Return this coupled penalty with the groups a model's dependency graph gave."""
         if self.groups != "coupled":
-            raise ValueError(f"bind() is for GroupLasso(groups='coupled'); this one has groups={self.groups!r}.")
+            raise ValueError(
+                f"bind() is for GroupLasso(groups='coupled'); this one has groups={self.groups!r}."
+            )
         if isinstance(self.weights, list):
             _check_count(len(self.weights), grouping.num_groups)
         bound = GroupLasso(self.strength, "coupled", weights=self.weights)
@@ -184,9 +193,8 @@ class GroupLasso(Penalty):
         """The sum with another group lasso of the same groups and weights, else ``None``."""
         if self.grouping != other.grouping or self.weights != other.weights:
             return None
-        merged = GroupLasso(self.strength + other.strength, "coupled" if self.groups == "coupled" else self.groups,
-                            dim=self.dim if isinstance(self.groups, list) else None, weights=self.weights)  # fmt: skip
-        merged._grouping = self._grouping
+        merged = copy.copy(self)
+        merged.strength = self.strength + other.strength
         return merged
 
     def group_weights(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -199,14 +207,18 @@ class GroupLasso(Penalty):
             return [None] * (len(tensors) if self.grouping.per_tensor else 1)
         if self.weights == "sqrt":
             return [s.sqrt() for s in self.grouping.sizes(tensors)]
-        return [torch.tensor(self.weights, dtype=torch.float64)] * (len(tensors) if self.grouping.per_tensor else 1)
+        return [torch.tensor(self.weights, dtype=torch.float64)] * (
+            len(tensors) if self.grouping.per_tensor else 1
+        )
 
     def sumsq(self, tensors: Sequence[torch.Tensor], impl: Impl = "reference") -> list[torch.Tensor]:
         """Squared group norms (float64) per holder of groups."""
         return self.grouping.sumsq(tensors, impl)
 
     # ----------------------------------------------------------------- kernels
-    def value_from_norms(self, norms: Sequence[torch.Tensor], weights: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    def value_from_norms(
+        self, norms: Sequence[torch.Tensor], weights: Sequence[torch.Tensor | None]
+    ) -> torch.Tensor:
         """``λ Σ_g c_g n_g`` from group norms (one tensor per holder of groups), in float64."""
         device = norms[0].device if norms else torch.device("cpu")
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -215,7 +227,10 @@ class GroupLasso(Penalty):
         return self.strength * total
 
     def grad_from_norms(
-        self, tensors: Sequence[torch.Tensor], norms: Sequence[torch.Tensor], weights: Sequence[torch.Tensor | None]
+        self,
+        tensors: Sequence[torch.Tensor],
+        norms: Sequence[torch.Tensor],
+        weights: Sequence[torch.Tensor | None],
     ) -> list[torch.Tensor]:
         """``λc_g·w_g/‖w_g‖`` (0 for a zero group) from the group norms."""
         factors = [kg.grad_factors(n, self.strength, c) for n, c in zip(norms, weights, strict=True)]
@@ -238,8 +253,17 @@ class GroupLasso(Penalty):
         if tau <= 0 or not tensors:
             return
         grouping = self.grouping
-        if impl == "compiled" and norms is None and self.weights is None and isinstance(grouping, kg.DimGroups):
-            rest = [w for w in tensors if not kg.compiled_block_soft_threshold_(w, tau, grouping.reduce_dims(w.ndim))]
+        if (
+            impl == "compiled"
+            and norms is None
+            and self.weights is None
+            and isinstance(grouping, kg.DimGroups)
+        ):
+            rest = [
+                w
+                for w in tensors
+                if not kg.compiled_block_soft_threshold_(w, tau, grouping.reduce_dims(w.ndim))
+            ]
             if not rest:
                 return
             tensors, impl = rest, "reference"
@@ -314,7 +338,8 @@ def _check_weights(weights: Any) -> str | list[float] | None:
     if isinstance(weights, torch.Tensor):
         weights = weights.tolist()
     if isinstance(weights, (list, tuple)) and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        for w in weights
     ):
         return [float(w) for w in weights]
     raise ValueError(
@@ -326,5 +351,6 @@ def _check_weights(weights: Any) -> str | list[float] | None:
 def _check_count(got: int, groups: int) -> None:
     if got != groups:
         raise ValueError(
-            f"The 'weights' argument of GroupLasso must give one weight per group: {groups} groups; got {got}."
+            f"The 'weights' argument of GroupLasso must give one weight per group: {groups} groups; "
+            f"got {got}."
         )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from regtorch._validation import Boolean, Hyperparameter, Interval
-from regtorch.kernels import Impl
+from regtorch.kernels import Impl, power
 from regtorch.kernels import elastic_net as en
-from regtorch.kernels import power
 from regtorch.penalties._base import Penalty
 from regtorch.penalties._prox_plan import ProxPlan
 

@@ -8,9 +8,9 @@ For ``λ >= 0`` and ``a > 2``, per entry (the convention of ncvreg and skglm, wh
 * prox with step ``t < a − 1``: ``soft(w, tλ)`` for ``|w| <= (1 + t)λ``;
   ``((a − 1)w − sign(w)·atλ)/(a − 1 − t)`` for ``(1 + t)λ < |w| <= aλ``; ``w`` beyond.
 
-The multi-tensor kernels use equivalent forms without selects: with ``m = |w|``,
-``m₁ = min(m, λ)``, ``m₂ = clamp(m, λ, aλ)`` and ``q(x) = (2aλx − x² − λ²)/(2(a − 1))``,
-``r = λm₁ + q(m₂) − λ²``; the gradient is ``sign(w)·min(λ, max(aλ − m, 0)/(a − 1))``; the prox is
+The multi-tensor kernels use equivalent forms without selects: with ``m = |w|`` and
+``d = clamp(m, λ, aλ) − λ``, ``r = λ·min(m, aλ) − d²/(2(a − 1))``; the gradient is
+``sign(w)·min(λ, max(aλ − m, 0)/(a − 1))``; the prox is
 ``sign(w)·min(m, max(max(m − tλ, 0), ((a − 1)m − atλ)/(a − 1 − t)))``.
 """
 
@@ -48,15 +48,13 @@ def _prox(w: torch.Tensor, t: float, lam: float, a: float) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- multi-tensor
 def _foreach_value(ws: list[torch.Tensor], lam: float, a: float) -> torch.Tensor:
-    m = torch._foreach_abs(ws)
-    m1 = torch._foreach_clamp_max(m, lam)
-    m2 = torch._foreach_clamp_min(m, lam)
-    torch._foreach_clamp_max_(m2, a * lam)
-    s1 = torch.stack(torch._foreach_norm(m1, 1, dtype=torch.float64)).sum()
-    s2 = torch.stack(torch._foreach_norm(m2, 1, dtype=torch.float64)).sum()
-    q2 = torch.stack(torch._foreach_norm(m2, 2, dtype=torch.float64)).square().sum()
-    n = sum(w.numel() for w in ws)
-    return lam * s1 + (2 * a * lam * s2 - q2 - n * lam * lam) / (2 * (a - 1)) - n * lam * lam
+    capped = torch._foreach_abs(ws)
+    torch._foreach_clamp_max_(capped, a * lam)
+    excess = torch._foreach_sub(capped, lam)
+    torch._foreach_clamp_min_(excess, 0.0)
+    s1 = torch.stack(torch._foreach_norm(capped, 1, dtype=torch.float64)).sum()
+    s2 = torch.stack(torch._foreach_norm(excess, 2, dtype=torch.float64)).square().sum()
+    return lam * s1 - s2 / (2 * (a - 1))
 
 
 def _foreach_grad(ws: list[torch.Tensor], lam: float, a: float) -> list[torch.Tensor]:

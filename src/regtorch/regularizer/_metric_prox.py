@@ -174,4 +174,6 @@ def metric_prox_(
         return
     with torch.no_grad():
         rho = [d.reciprocal() for d in denominators]
-        en.scaled_prox_(tensors, rho, step * plan.l1, 2.0 * step * plan.l2, "foreach" if foreach else "reference")
+        en.scaled_prox_(
+            tensors, rho, step * plan.l1, 2.0 * step * plan.l2, "foreach" if foreach else "reference"
+        )

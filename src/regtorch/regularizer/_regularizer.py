@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -13,15 +13,10 @@ from regtorch._validation import Interval, check_choice, check_real
 from regtorch.distributed._detect import has_dtensor
 from regtorch.penalties import Penalty
 from regtorch.penalties._backends import backend_for
-from regtorch.regularizer._metric_prox import (
-    PROX_METRICS,
-    adam_denominators,
-    check_metric_optimizer,
-    check_metric_penalty,
-    metric_prox_,
-)
-from regtorch.regularizer._rules import Rule, check_unchanged, load_strengths, resolve_rules
+from regtorch.regularizer._metric_prox import PROX_METRICS, check_metric_optimizer
+from regtorch.regularizer._rules import Rule, check_unchanged, load_state, resolve_rules
 from regtorch.regularizer._selection import Selection
+from regtorch.regularizer._steps import prox_step, selected_in
 from regtorch.sparse._stats import Stats, parameter_stats
 
 __all__ = ["MODES", "AttachHandle", "Regularizer", "regularize"]
@@ -140,14 +135,22 @@ class Regularizer:
         self.schedule = schedule
         for name, flag in (("foreach", foreach), ("fused", fused)):
             if flag not in (None, True, False):
-                raise TypeError(f"The {name!r} argument of Regularizer must be None, True or False; got {flag!r}.")
+                raise TypeError(
+                    f"The {name!r} argument of Regularizer must be None, True or False; got {flag!r}."
+                )
         self.foreach = foreach
         self.fused = fused
         self._scale = 1.0
         self.num_steps = 0
         self._handles: list[AttachHandle] = []
         self.rules: list[Rule] = resolve_rules(
-            model, penalty, params, exclude, mode=self.mode, prox_metric=self.prox_metric, example_input=example_input
+            model,
+            penalty,
+            params,
+            exclude,
+            mode=self.mode,
+            prox_metric=self.prox_metric,
+            example_input=example_input,
         )
         """The resolved rules: each penalty with its parameter names and parameters."""
         self._rule_of = {id(p): r for r in self.rules for p in r.params}
@@ -182,7 +185,9 @@ class Regularizer:
         """Return the current strength multiplier ``scale × schedule(num_steps)``."""
         if self.schedule is None:
             return self._scale
-        scheduled = check_real("Regularizer", "schedule(step)", self.schedule(self.num_steps), Interval(low=0.0))
+        scheduled = check_real(
+            "Regularizer", "schedule(step)", self.schedule(self.num_steps), Interval(low=0.0)
+        )
         return self._scale * scheduled
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -284,37 +289,6 @@ class Regularizer:
         if handle in self._handles:
             self._handles.remove(handle)
 
-    def _selected_in(
-        self, optimizer: torch.optim.Optimizer | None
-    ) -> Iterator[tuple[dict[str, Any] | None, Rule, list[torch.Tensor]]]:
-        """Yield ``(param group, rule, params)`` for the regularized parameters with a gradient.
-
-        Per group of ``optimizer`` (all parameters when it is ``None``, the group then ``None``). A
-        rule whose penalty couples its whole list (coupled groups) comes whole, once, when any of its
-        parameters has a gradient, with the group of its first parameter.
-        """
-        group_of = {} if optimizer is None else {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        for rule in self.rules:
-            if rule.per_tensor:
-                continue
-            if any(p.grad is not None for p in rule.params) and (optimizer is None or id(rule.params[0]) in group_of):
-                yield group_of.get(id(rule.params[0])), rule, list(rule.params)
-        if optimizer is None:
-            for rule in self.rules:
-                params = [p for p in rule.params if p.grad is not None]
-                if params and rule.per_tensor:
-                    yield None, rule, params
-            return
-        rule_of = self._rule_of
-        for group in optimizer.param_groups:
-            by_rule: dict[int, tuple[Rule, list[torch.Tensor]]] = {}
-            for p in group["params"]:
-                rule = rule_of.get(id(p))
-                if rule is not None and rule.per_tensor and p.grad is not None:
-                    by_rule.setdefault(id(rule), (rule, []))[1].append(p)
-            for rule, params in by_rule.values():
-                yield group, rule, params
-
     def _grad_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         # ``args`` is the step's full argument tuple: (optimizer, closure?).
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
@@ -344,7 +318,7 @@ class Regularizer:
         if factor == 0:
             return
         jobs = []
-        for _, rule, params in self._selected_in(optimizer):
+        for _, rule, params in selected_in(self.rules, self._rule_of, optimizer):
             for p in params:
                 if p.grad is not None and p.grad.is_sparse:
                     raise TypeError(
@@ -364,34 +338,10 @@ class Regularizer:
         if self.mode == "prox":
             factor = self.factor()
             if factor > 0:
-                for group, rule, params in self._selected_in(optimizer):
-                    self._prox_step(optimizer, group, rule, params, factor)
+                for group, rule, params in selected_in(self.rules, self._rule_of, optimizer):
+                    prox_step(self, optimizer, group, rule, params, factor)
         if self._handles and optimizer is self._handles[0].optimizer:
             self.num_steps += 1
-
-    def _prox_step(
-        self, optimizer: torch.optim.Optimizer, group: Any, rule: Rule, params: list[torch.Tensor], factor: float
-    ) -> None:
-        lr = group["lr"]
-        step = (float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)) * self.step_factor * factor
-        if not rule.per_tensor:
-            lrs = {float(g["lr"]) for g in optimizer.param_groups if any(id(p) in {id(q) for q in params} for p in g["params"])}
-            if len(lrs) > 1:
-                raise ValueError(
-                    f"The coupled penalty {rule.penalty!r} spans parameter groups with different learning "
-                    f"rates {sorted(lrs)}; its prox needs one step. Put its parameters in one group."
-                )
-        if self.prox_metric != "adam":
-            rule.penalty.prox(params, step, foreach=self.foreach, fused=self.fused)
-            return
-        denominators = adam_denominators(optimizer, group, params)
-        plan = check_metric_penalty(rule.penalty)
-        foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
-        if has_dtensor(params):  # element-wise: on the local shards, no communication
-            from regtorch.distributed._layout import local_views
-
-            params, denominators = local_views(params)[0], local_views(denominators)[0]
-        metric_prox_(params, denominators, step, plan, foreach=foreach)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -415,37 +365,7 @@ class Regularizer:
             ValueError: If the state belongs to a regularizer of another mode, prox metric, rule
                 count or penalty kind (only strengths may differ); nothing is changed then.
         """
-        if not isinstance(state, dict) or not isinstance(state.get("penalties"), list):
-            raise ValueError(
-                "The 'state' argument of Regularizer.load_state_dict must be a dict from "
-                f"Regularizer.state_dict(); got {type(state).__name__}."
-            )
-        if state.get("mode") != self.mode or len(state["penalties"]) != len(self.rules):
-            raise ValueError(
-                "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
-                f"mode={state.get('mode')!r} and {len(state['penalties'])} rule(s); this one has "
-                f"mode={self.mode!r} and {len(self.rules)} rule(s)."
-            )
-        if state.get("prox_metric", "euclidean") != self.prox_metric:
-            raise ValueError(
-                "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
-                f"prox_metric={state.get('prox_metric', 'euclidean')!r}; this one has "
-                f"prox_metric={self.prox_metric!r}."
-            )
-        scale = check_real("Regularizer.load_state_dict", "scale", state.get("scale", 1.0), Interval(low=0.0))
-        steps = state.get("num_steps", 0)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"The 'num_steps' entry of Regularizer.load_state_dict's state must be an int >= 0; got {steps!r}.")
-        backup = [r.penalty.get_config() for r in self.rules]
-        try:
-            for index, (rule, config) in enumerate(zip(self.rules, state["penalties"], strict=True)):
-                load_strengths(rule.penalty, config, f"rule {index}")
-        except (ValueError, TypeError):
-            for rule, config in zip(self.rules, backup, strict=True):  # all or nothing
-                load_strengths(rule.penalty, config, "")
-            raise
-        self._scale = scale
-        self.num_steps = steps
+        self._scale, self.num_steps = load_state(self.rules, state, self.mode, self.prox_metric)
 
     def __repr__(self) -> str:
         metric = "" if self.prox_metric == "euclidean" else f", prox_metric={self.prox_metric!r}"

@@ -8,12 +8,13 @@ from typing import Any
 
 from torch import nn
 
+from regtorch._validation import Interval, check_real, hyperparameters
 from regtorch.kernels import group as kg
 from regtorch.penalties import GroupLasso, Penalty, Sum
 from regtorch.regularizer._metric_prox import check_metric_penalty
 from regtorch.regularizer._selection import Selection, describe_selection, select_parameters, unwrap_model
 
-__all__ = ["Rule", "check_unchanged", "load_strengths", "resolve_rules"]
+__all__ = ["Rule", "check_unchanged", "load_state", "load_strengths", "resolve_rules"]
 
 
 @dataclass
@@ -47,11 +48,17 @@ def _coupled(term: Penalty) -> bool:
 
 
 def _is_rule_list(penalty: Any) -> bool:
-    return isinstance(penalty, (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in penalty)
+    return isinstance(penalty, (list, tuple)) and all(
+        isinstance(r, (list, tuple)) and len(r) == 2 for r in penalty
+    )
 
 
 def _bind_coupled(
-    model: nn.Module, penalty: Penalty, example_input: Any, selection: Selection | None, exclude: Selection | None
+    model: nn.Module,
+    penalty: Penalty,
+    example_input: Any,
+    selection: Selection | None,
+    exclude: Selection | None,
 ) -> tuple[Penalty, list[tuple[str, nn.Parameter]]]:
     """Trace ``model``, keep the coupled groups' slices of selected parameters, bind the group terms."""
     if example_input is None:
@@ -157,15 +164,15 @@ def resolve_rules(
     return rules
 
 
-def load_strengths(current: Penalty, config: dict[str, Any], where: str) -> None:
+def load_strengths(current: Penalty, config: dict[str, Any], where: str, *, dry_run: bool = False) -> None:
     """Set the strengths in ``config`` on ``current``, which must be the same kind of penalty.
+
+    With ``dry_run`` only check.
 
     Raises:
         ValueError: If ``config`` describes another penalty (type, terms or a setting that is not a
             strength).
     """
-    from regtorch._validation import hyperparameters
-
     name = config.get("name") if isinstance(config, dict) else None
     if name != current.name:
         raise ValueError(
@@ -180,19 +187,20 @@ def load_strengths(current: Penalty, config: dict[str, Any], where: str) -> None
                 f"for {where}; this regularizer has {current!r}."
             )
         for term, term_config in zip(current.terms(), terms, strict=True):
-            load_strengths(term, term_config, where)
+            load_strengths(term, term_config, where, dry_run=dry_run)
         return
     declared = hyperparameters(type(current))
+    strengths = {k: v for k, v in config.items() if k in declared and declared[k].scales}
     for key, value in config.items():
-        if key == "name":
-            continue
-        if key in declared and declared[key].scales:
-            setattr(current, key, value)
-        elif current.get_config().get(key) != value:
+        if key != "name" and key not in strengths and current.get_config().get(key) != value:
             raise ValueError(
                 f"The 'state' argument of Regularizer.load_state_dict has {key}={value!r} for {where}; "
                 f"this regularizer has {current!r}. Only strengths are loaded."
             )
+    for key, value in strengths.items():
+        declared[key].constraint.check(type(current).__name__, key, value)
+        if not dry_run:
+            setattr(current, key, value)
 
 
 def check_unchanged(model: nn.Module, rules: list[Rule]) -> None:
@@ -215,3 +223,40 @@ def check_unchanged(model: nn.Module, rules: list[Rule]) -> None:
             "(e.g. by to_empty(), load_state_dict(assign=True) or a shrink). Build the Regularizer again."
         )
 
+
+def load_state(rules: list[Rule], state: Any, mode: str, prox_metric: str) -> tuple[float, int]:
+    """Check a :meth:`Regularizer.state_dict` against the rules, load its strengths (all or nothing)
+    and return its ``(scale, num_steps)``.
+
+    Raises:
+        ValueError: If the state belongs to a regularizer of another mode, prox metric, rule count
+            or penalty kind (only strengths may differ); nothing is changed then.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("penalties"), list):
+        raise ValueError(
+            "The 'state' argument of Regularizer.load_state_dict must be a dict from "
+            f"Regularizer.state_dict(); got {type(state).__name__}."
+        )
+    if state.get("mode") != mode or len(state["penalties"]) != len(rules):
+        raise ValueError(
+            "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
+            f"mode={state.get('mode')!r} and {len(state['penalties'])} rule(s); this one has "
+            f"mode={mode!r} and {len(rules)} rule(s)."
+        )
+    if state.get("prox_metric", "euclidean") != prox_metric:
+        raise ValueError(
+            "The 'state' argument of Regularizer.load_state_dict comes from a regularizer with "
+            f"prox_metric={state.get('prox_metric', 'euclidean')!r}; this one has "
+            f"prox_metric={prox_metric!r}."
+        )
+    scale = check_real("Regularizer.load_state_dict", "scale", state.get("scale", 1.0), Interval(low=0.0))
+    steps = state.get("num_steps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(
+            "The 'num_steps' entry of Regularizer.load_state_dict's state must be an int >= 0; "
+            f"got {steps!r}."
+        )
+    for dry_run in (True, False):  # check every rule before changing any
+        for index, (rule, config) in enumerate(zip(rules, state["penalties"], strict=True)):
+            load_strengths(rule.penalty, config, f"rule {index}", dry_run=dry_run)
+    return scale, steps

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from regtorch.distributed._detect import has_dtensor
-from regtorch.kernels import sum_abs, sum_square
 from regtorch.kernels import group as kg
+from regtorch.kernels import sum_abs, sum_square
 from regtorch.penalties import GroupLasso, Penalty
 from regtorch.regularizer._selection import Selection, select_parameters
 
@@ -120,7 +120,9 @@ def _grouping_of(penalty: Penalty | None) -> tuple[kg.Grouping, str]:
 
 
 def _coupled(penalty: Penalty | None) -> bool:
-    return penalty is not None and any(isinstance(t, GroupLasso) and t.groups == "coupled" for t in penalty.terms())
+    return penalty is not None and any(
+        isinstance(t, GroupLasso) and t.groups == "coupled" for t in penalty.terms()
+    )
 
 
 def _value_of(penalty: Penalty, param: torch.Tensor, factor: float) -> float | None:

@@ -17,6 +17,7 @@ import regtorch
 from regtorch.training._config import TrainConfig, parse_layer_l1
 from regtorch.training._errors import UsageError
 from regtorch.training._models import make_cnn, make_mlp
+from regtorch.training._penalty_spec import flag_arguments, flag_options, parse_spec
 
 __all__ = [
     "build_model",
@@ -105,6 +106,10 @@ def build_scheduler(
 def build_penalty(cfg: TrainConfig) -> regtorch.Penalty | None:
     """Return the penalty of a resolved config, or ``None`` for ``--penalty none``.
 
+    A spec with ``KEY=VALUE`` items builds the registered penalty from them
+    (``mcp:strength=0.003,gamma=3`` → ``MCP(0.003, gamma=3)``). A bare name reads the strength
+    options:
+
     ==================  ===============================================================
     ``--penalty``       penalty
     ==================  ===============================================================
@@ -114,24 +119,24 @@ def build_penalty(cfg: TrainConfig) -> regtorch.Penalty | None:
     ``lp``              ``Lp(p, strength)``
     ``group``           ``GroupLasso(strength, groups)``
     ``sparse-group``    ``L1(l1) + GroupLasso(strength, groups)``
+    any other           the registered penalty with ``strength`` (a required one) from ``--strength``
     ==================  ===============================================================
+
+    Arguments the spec gives win; the options fill the others (``lp:p=3`` takes ``--strength``).
     """
-    name = cfg.penalty
-    if name == "none":
+    spec = parse_spec(cfg.penalty)
+    if spec.name == "none":
         return None
-    if name == "l1":
-        return regtorch.L1(cfg.l1)
-    if name == "l2":
-        return regtorch.L2(cfg.l2)
-    if name == "elasticnet":
-        if cfg.alpha is not None:
-            return regtorch.ElasticNet.from_sklearn(alpha=cfg.alpha, l1_ratio=cfg.l1_ratio)
-        return regtorch.ElasticNet(l1=cfg.l1, l2=cfg.l2)
-    if name == "lp":
-        return regtorch.Lp(cfg.p, cfg.strength)
-    if name == "group":
-        return regtorch.GroupLasso(cfg.strength, groups=cfg.groups)
-    return regtorch.L1(cfg.l1) + regtorch.GroupLasso(cfg.strength, groups=cfg.groups)
+    if spec.name == "sparse-group":
+        return regtorch.L1(cfg.l1) + regtorch.GroupLasso(cfg.strength, groups=cfg.groups)
+    if spec.name == "ElasticNet" and cfg.alpha is not None:
+        return regtorch.ElasticNet.from_sklearn(alpha=cfg.alpha, l1_ratio=cfg.l1_ratio)
+    from_flags = {
+        argument: getattr(cfg, option)
+        for option, argument in flag_arguments(spec.name).items()
+        if argument is not None and option in flag_options(spec) and getattr(cfg, option) is not None
+    }
+    return spec.build(**from_flags)
 
 
 def build_regularizer(

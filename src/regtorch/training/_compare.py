@@ -11,9 +11,11 @@ from typing import Any
 
 from regtorch.training._build import build_penalty
 from regtorch.training._checkpoint import atomic_write
-from regtorch.training._config import MODES, PENALTIES, TrainConfig
+from regtorch.training._config import MODES, TrainConfig
 from regtorch.training._errors import UsageError
 from regtorch.training._metrics import format_table
+from regtorch.training._penalty_spec import argument_names, split_spec
+from regtorch.training._penalty_spec import parse_spec as penalty_spec
 from regtorch.training._progress import Reporter
 from regtorch.training._run import run_train
 from regtorch.training._rundir import (
@@ -77,43 +79,53 @@ COMPARE_COLUMNS = (
 
 
 def parse_spec(spec: str, base: TrainConfig) -> TrainConfig:
-    """Turn ``NAME[:MODE][,KEY=VALUE...]`` into a config derived from ``base``.
+    """Turn ``NAME[:ITEM,...]`` into a config derived from ``base``.
 
-    ``NAME`` is a ``--penalty`` name, ``MODE`` a ``--mode`` (default ``loss``), and the keys are
-    option names with ``_`` or ``-`` (``l1``, ``l2``, ``alpha``, ``l1-ratio``, ``p``, ``strength``,
-    ``groups``, ``params``, ``step-factor``, ``lr``, ``optimizer``, ``weight-decay``,
-    ``momentum``, ``label``). Example: ``elasticnet:prox,l1=1e-3,l2=1e-4``.
+    ``NAME`` is a ``--penalty`` name (a registered penalty or a shorthand; ``NAME,ITEM,...`` works
+    too). Each ``ITEM`` is a
+    ``--mode`` (default ``loss``), a ``KEY=VALUE`` argument of the penalty (as in
+    ``--penalty NAME:KEY=VALUE``), or a ``KEY=VALUE`` run option with ``_`` or ``-`` (``l1``,
+    ``l2``, ``alpha``, ``l1-ratio``, ``p``, ``strength``, ``groups``, ``params``, ``step-factor``,
+    ``lr``, ``optimizer``, ``weight-decay``, ``momentum``, ``label``). Examples:
+    ``elasticnet:prox,l1=1e-3,l2=1e-4``, ``mcp:prox,strength=3e-3,gamma=3``.
 
     Raises:
         UsageError: For an unknown name, mode or key, or a value that is not a number.
     """
-    head, *pairs = [part.strip() for part in spec.split(",")]
-    name, _, mode = head.partition(":")
-    name = name.strip().lower()
-    mode = mode.strip().lower()
-    if name not in PENALTIES:
-        raise UsageError(
-            f"configuration {spec!r}: unknown penalty {name!r}; choose from {', '.join(PENALTIES)}"
-        )
-    if mode and mode not in MODES:
-        raise UsageError(f"configuration {spec!r}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    changes: dict[str, Any] = {"penalty": name, "mode": mode or "loss"}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
+    head, items = split_spec(spec)
+    try:
+        name = penalty_spec(head).name
+        arguments = argument_names(name) if penalty_spec(head).registered else []
+    except UsageError as exc:
+        raise UsageError(f"configuration {spec!r}: {str(exc).removeprefix('--penalty: ')}") from None
+    mode = ""
+    own: list[str] = []
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not eq or key not in SPEC_KEYS:
+        if not eq and key.lower() in MODES and not mode:
+            mode = key.lower()
+        elif eq and key in arguments:
+            own.append(f"{key}={value.strip()}")
+        elif eq and key in SPEC_KEYS:
+            try:
+                changes[key] = SPEC_KEYS[key](value.strip())
+            except ValueError:
+                raise UsageError(
+                    f"configuration {spec!r}: {key.replace('_', '-')} must be a number; got {value!r}"
+                ) from None
+        elif not eq:
+            raise UsageError(f"configuration {spec!r}: unknown mode {item!r}; choose from {', '.join(MODES)}")
+        else:
+            keys = sorted({*arguments, *(k.replace("_", "-") for k in SPEC_KEYS)})
             raise UsageError(
-                f"configuration {spec!r}: expected KEY=VALUE with KEY one of "
-                f"{', '.join(k.replace('_', '-') for k in SPEC_KEYS)}; got {pair!r}"
+                f"configuration {spec!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}; got {item!r}"
             )
-        try:
-            changes[key] = SPEC_KEYS[key](value.strip())
-        except ValueError:
-            raise UsageError(
-                f"configuration {spec!r}: {key.replace('_', '-')} must be a number; got {value!r}"
-            ) from None
+    changes["penalty"] = head.strip().lower() + (":" + ",".join(own) if own else "")
+    changes["mode"] = mode or "loss"
     if "label" not in changes:
-        changes["label"] = name if not mode else f"{name}-{mode}"
+        changes["label"] = head.strip().lower() if not mode else f"{head.strip().lower()}-{mode}"
     cfg = base.replace(**changes)
     try:
         return cfg.resolved()

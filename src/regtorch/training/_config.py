@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from regtorch.training._errors import UsageError
+from regtorch.training._penalty_spec import DEFAULT_STRENGTH, PenaltySpec, flag_options, parse_spec
 
 __all__ = [
     "DEFAULT_LR",
@@ -15,7 +16,6 @@ __all__ = [
     "MODELS",
     "MODES",
     "OPTIMIZERS",
-    "PENALTIES",
     "PROX_METRICS",
     "SCHEDULES",
     "TrainConfig",
@@ -25,7 +25,6 @@ __all__ = [
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "step")
-PENALTIES = ("none", "l1", "l2", "elasticnet", "lp", "group", "sparse-group")
 MODES = ("loss", "grad", "prox")
 GROUPINGS = ("rows", "columns", "filters", "channels", "tensor")
 DEVICES = ("cpu", "cuda", "auto")
@@ -62,21 +61,6 @@ def parse_layer_l1(text: str) -> list[tuple[str, float]]:
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
 DEFAULT_HIDDEN = {"mlp": (64, 32), "cnn": (64,)}
 
-#: Strengths used when a penalty is chosen without one. They are sums over all regularized
-#: weights added to the mean cross-entropy of a batch (so they do not depend on the batch size);
-#: on the default MLP they leave accuracy intact and make the penalty's effect visible.
-DEFAULT_STRENGTH = {"l1": 1e-3, "l2": 1e-3, "strength": 1e-2, "p": 1.5, "l1_ratio": 0.5}
-
-# Which strength options each penalty reads (others are an error in `regtorch train`).
-PENALTY_OPTIONS = {
-    "none": (),
-    "l1": ("l1",),
-    "l2": ("l2",),
-    "elasticnet": ("l1", "l2", "alpha", "l1_ratio"),
-    "lp": ("p", "strength"),
-    "group": ("strength", "groups"),
-    "sparse-group": ("l1", "strength", "groups"),
-}
 STRENGTH_OPTIONS = ("l1", "l2", "alpha", "l1_ratio", "p", "strength", "groups")
 
 
@@ -112,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     # regularization
     penalty: str = "none"
+    """A penalty spec: ``NAME`` or ``NAME:KEY=VALUE,...`` (see :mod:`regtorch.training._penalty_spec`)."""
     l1: float | None = None
     l2: float | None = None
     alpha: float | None = None
@@ -181,8 +166,9 @@ class TrainConfig:
             cfg.weight_decay = 0.01 if cfg.optimizer == "adamw" else 0.0
         if cfg.step_size is None:
             cfg.step_size = max(1, cfg.epochs // 3)
-        uses = PENALTY_OPTIONS[cfg.penalty]
-        if cfg.penalty == "elasticnet" and cfg.alpha is not None:
+        spec = parse_spec(cfg.penalty)
+        uses = flag_options(spec)
+        if spec.name == "ElasticNet" and cfg.alpha is not None:
             cfg.l1_ratio = DEFAULT_STRENGTH["l1_ratio"] if cfg.l1_ratio is None else cfg.l1_ratio
         else:
             for name in ("l1", "l2", "strength", "p"):
@@ -196,7 +182,7 @@ class TrainConfig:
         _choice("--model", self.model, MODELS)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--schedule", self.schedule, SCHEDULES)
-        _choice("--penalty", self.penalty, PENALTIES)
+        spec = parse_spec(self.penalty)
         _choice("--mode", self.mode, MODES)
         _choice("--groups", self.groups, GROUPINGS)
         _choice("--device", self.device, DEVICES)
@@ -227,7 +213,7 @@ class TrainConfig:
             for size in self.hidden:
                 _integer("--hidden", size, low=1)
         if (
-            self.penalty == "elasticnet"
+            spec.name == "ElasticNet"
             and self.alpha is not None
             and (self.l1 is not None or self.l2 is not None)
         ):
@@ -244,17 +230,27 @@ class TrainConfig:
         Raises:
             UsageError: For example ``--l1`` with ``--penalty l2``.
         """
-        uses = PENALTY_OPTIONS[self.penalty]
+        spec = parse_spec(self.penalty)
+        uses = flag_options(spec)
         for name in STRENGTH_OPTIONS:
             value = getattr(self, name)
             if name == "groups" and value == "rows":
                 continue
             if value is not None and name not in uses:
-                users = [p for p, opts in PENALTY_OPTIONS.items() if name in opts]
+                if name in flag_options(PenaltySpec(spec.name)):
+                    raise UsageError(
+                        f"--{name.replace('_', '-')} sets what --penalty {self.penalty!r} already gives; "
+                        "give it once"
+                    )
                 raise UsageError(
                     f"--{name.replace('_', '-')} is not used by --penalty {self.penalty}; it "
-                    f"belongs to --penalty {' or '.join(users)}"
+                    f"is an option of --penalty {' or '.join(_users(name))}"
                 )
+
+
+def _users(option: str) -> list[str]:
+    names = ["l1", "l2", "elasticnet", "lp", "group", "sparse-group"]
+    return [n for n in names if option in flag_options(parse_spec(n))]
 
 
 def _choice(option: str, value: object, choices: tuple[str, ...]) -> None:

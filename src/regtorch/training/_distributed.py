@@ -183,8 +183,7 @@ class DistTrainer(Trainer):
         scale = self.ctx.world / self._global_n
         loss = F.cross_entropy(self.forward(xb), yb, reduction="sum") * scale
         total = loss + self.regularizer.penalty() if self._loss_mode else loss
-        for p in self._grad_params():
-            p.grad = None
+        self.optimizer.zero_grad()
         total.backward()
         self.optimizer.step()
         value = loss.detach() / self.ctx.world

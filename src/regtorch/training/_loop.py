@@ -15,7 +15,8 @@ from torch import nn
 import regtorch
 from regtorch.data import iterate_batches
 from regtorch.training._errors import RunFailed
-from regtorch.training._metrics import PenaltyParts, format_log_line, weight_sparsity
+from regtorch.training._metrics import weight_sparsity
+from regtorch.training._parts import PenaltyParts, format_log_line
 from regtorch.training._progress import Reporter
 
 __all__ = ["Callback", "TrainState", "Trainer", "evaluate"]
@@ -302,7 +303,7 @@ class Trainer:
             **parts,
             "lr": self.lr(),
         }
-        self.reporter.line(format_log_line(batch, data_loss + penalty, parts))
+        self.reporter.line(format_log_line(batch, data_loss + penalty, parts, self.parts.labels()))
         if self.metrics_row is not None:
             self.metrics_row(row)
         for cb in self.callbacks:

@@ -10,24 +10,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 import regtorch
+from regtorch.training._parts import part_keys
 
 __all__ = [
     "METRIC_COLUMNS",
     "MetricsWriter",
-    "PenaltyParts",
     "clean_json",
     "format_layer_table",
-    "format_log_line",
     "layer_rows",
+    "metric_columns",
     "read_metrics",
     "weight_sparsity",
 ]
 
-#: The columns of ``metrics.csv`` (``metrics.jsonl`` has the same keys, empty ones left out).
+#: The columns of ``metrics.csv`` besides the penalty parts (``metrics.jsonl`` has the same keys,
+#: empty ones left out); :func:`metric_columns` inserts a column per registered penalty after "penalty".
 METRIC_COLUMNS = (
     "kind",
     "epoch",
@@ -36,10 +36,6 @@ METRIC_COLUMNS = (
     "loss",
     "data_loss",
     "penalty",
-    "l1",
-    "l2",
-    "group",
-    "lp",
     "lr",
     "train_loss",
     "train_accuracy",
@@ -52,73 +48,6 @@ METRIC_COLUMNS = (
     "time_s",
 )
 
-_PART_LABELS = {"l1": "L1", "l2": "L2", "group": "group lasso", "lp": "Lp"}
-
-
-class PenaltyParts:
-    """Splits a regularizer's penalty into its L1, L2, group-lasso and Lp parts, for logging.
-
-    ``ElasticNet(l1, l2)`` counts as ``L1(l1)`` plus ``L2(l2)``; a sum adds its terms' parts.
-    Values include the regularizer's current strength factor.
-
-    Args:
-        regularizer: A regularizer with one penalty (as ``regtorch train`` builds), or None.
-    """
-
-    def __init__(self, regularizer: regtorch.Regularizer | None) -> None:
-        self.regularizer = regularizer
-        self.parts: list[tuple[str, regtorch.Penalty, list[torch.Tensor]]] = []
-        if regularizer is None:
-            return
-        rules = getattr(regularizer, "_rules", None)
-        if rules is not None:
-            per_rule = [(r.penalty, list(r.params)) for r in rules]
-        else:  # pragma: no cover - a regularizer without per-layer rules
-            per_rule = [(p, regularizer.parameters()) for p in regularizer.penalties]
-        for penalty, params in per_rule:
-            for term in penalty.terms():
-                if isinstance(term, regtorch.ElasticNet):
-                    self.parts += [
-                        ("l1", regtorch.L1(term.l1), params),
-                        ("l2", regtorch.L2(term.l2), params),
-                    ]
-                elif isinstance(term, regtorch.L1):
-                    self.parts.append(("l1", term, params))
-                elif isinstance(term, regtorch.L2):
-                    self.parts.append(("l2", term, params))
-                elif isinstance(term, regtorch.GroupLasso):
-                    self.parts.append(("group", term, params))
-                else:
-                    self.parts.append(("lp", term, params))
-        self.names = sorted({name for name, _, _ in self.parts}, key=list(_PART_LABELS).index)
-        if self.names and set(self.names) <= {"l1", "l2"}:
-            self.names = ["l1", "l2"]  # the tutorial's line always shows both
-
-    def values(self) -> dict[str, float]:
-        """Return each part's current value (0.0 for a part the penalty lacks)."""
-        if self.regularizer is None:
-            return {}
-        factor = self.regularizer.factor()
-        out = dict.fromkeys(self.names, 0.0)
-        with torch.no_grad():
-            for name, penalty, params in self.parts:
-                out[name] += factor * float(penalty.value(params))
-        return out
-
-
-def format_log_line(batch: int, loss: float, parts: dict[str, float]) -> str:
-    """Return the tutorial's line: ``Loss after mini-batch N: X (of which A L1 loss; B L2 loss)``.
-
-    Without a penalty the parenthesis is left out; a group lasso or Lp penalty names its own
-    parts (``(of which A group lasso loss)``).
-    """
-    text = f"Loss after mini-batch {batch:5d}: {loss:.3f}"
-    if parts:
-        inner = "; ".join(f"{value:.3f} {_PART_LABELS[name]} loss" for name, value in parts.items())
-        text += f" (of which {inner})"
-    return text
-
-
 def clean_json(value: Any) -> Any:
     """Replace NaN and infinities by ``None`` (JSON has no such numbers), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -128,6 +57,12 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [clean_json(v) for v in value]
     return value
+
+
+def metric_columns() -> tuple[str, ...]:
+    """The columns of ``metrics.csv``: :data:`METRIC_COLUMNS` with a column per penalty part key."""
+    at = METRIC_COLUMNS.index("penalty") + 1
+    return (*METRIC_COLUMNS[:at], *part_keys(), *METRIC_COLUMNS[at:])
 
 
 class MetricsWriter:
@@ -150,7 +85,7 @@ class MetricsWriter:
                 f.truncate(size)
         if self.csv_path.stat().st_size == 0:
             with self.csv_path.open("w", newline="") as f:
-                csv.writer(f).writerow(METRIC_COLUMNS)
+                csv.writer(f).writerow(metric_columns())
 
     def offsets(self) -> dict[str, int]:
         """Return the current size in bytes of each file."""
@@ -160,12 +95,12 @@ class MetricsWriter:
         }
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append one row (keys from :data:`METRIC_COLUMNS`)."""
+        """Append one row (keys from :func:`metric_columns`)."""
         row = clean_json(row)
         with self.jsonl_path.open("a") as f:
             f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
         buffer = io.StringIO()
-        csv.writer(buffer).writerow(["" if row.get(c) is None else row[c] for c in METRIC_COLUMNS])
+        csv.writer(buffer).writerow(["" if row.get(c) is None else row[c] for c in metric_columns()])
         with self.csv_path.open("a", newline="") as f:
             f.write(buffer.getvalue())
 

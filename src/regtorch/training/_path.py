@@ -26,6 +26,7 @@ from regtorch.training._config import TrainConfig
 from regtorch.training._errors import UsageError
 from regtorch.training._loop import Trainer, evaluate
 from regtorch.training._metrics import format_table, weight_sparsity
+from regtorch.training._penalty_spec import parse_spec
 from regtorch.training._progress import Reporter
 from regtorch.training._rundir import (
     check_out_dir,
@@ -57,22 +58,28 @@ PATH_COLUMNS = (
 _ADAPTIVE = ("adam", "adamw", "rmsprop")
 
 
-def unit_penalty(cfg: TrainConfig) -> regtorch.Penalty:
-    """Return the penalty at strength 1; the stage at strength λ uses ``λ × unit``.
+def stage_penalty(cfg: TrainConfig, strength: float) -> regtorch.Penalty:
+    """Return the penalty of the path's stage at ``strength`` λ.
 
+    For penalties whose strengths scale linearly it is ``λ × unit``, the penalty at strength 1:
     ``l1``: ``L1(1)``; ``l2``: ``L2(1)``; ``elasticnet``: ``L1(ρ) + L2((1 − ρ)/2)``, scikit-learn's
     ``alpha = 1`` with ``ρ = --l1-ratio``; ``lp``: ``Lp(p, 1)``; ``group``: ``GroupLasso(1)``;
-    ``sparse-group``: ``L1(ρ) + GroupLasso(1 − ρ)``.
+    ``sparse-group``: ``L1(ρ) + GroupLasso(1 − ρ)``; a spec with arguments (``lp:p=3``) is the
+    unit as given. Other penalties (MCP, SCAD) are rebuilt with ``strength = λ`` and their other
+    arguments unchanged.
     """
+    spec = parse_spec(cfg.penalty)
     ratio = 0.5 if cfg.l1_ratio is None else cfg.l1_ratio
-    if cfg.penalty == "elasticnet":
-        return regtorch.ElasticNet.from_sklearn(alpha=1.0, l1_ratio=ratio)
-    if cfg.penalty == "sparse-group":
-        return regtorch.L1(ratio) + regtorch.GroupLasso(1.0 - ratio, groups=cfg.groups)
-    unit = cfg.replace(l1=1.0, l2=1.0, strength=1.0, alpha=None)
-    penalty = build_penalty(unit)
-    assert penalty is not None
-    return penalty
+    if spec.name == "ElasticNet" and not spec.arguments:
+        return strength * regtorch.ElasticNet.from_sklearn(alpha=1.0, l1_ratio=ratio)
+    if spec.name == "sparse-group":
+        return strength * (regtorch.L1(ratio) + regtorch.GroupLasso(1.0 - ratio, groups=cfg.groups))
+    if regtorch.penalty_class(spec.name).linear_in_strength:
+        unit = build_penalty(cfg.replace(l1=1.0, l2=1.0, strength=1.0, alpha=None))
+        assert unit is not None
+        return strength * unit
+    spec.arguments["strength"] = strength
+    return spec.build()
 
 
 def strengths(high: float, low: float, steps: int) -> list[float]:
@@ -93,14 +100,14 @@ def estimate_max_strength(cfg: TrainConfig, model: torch.nn.Module, x, y) -> flo
     that leaves about 95% of the weights exactly zero and the network still learning. With
     adaptive optimizers in prox mode a step moves each weight by about ``lr`` and the prox step
     is ``lr·λ``, so the per-element ``λ_max`` is about 1 instead. For penalties without exact
-    zeros (L2, Lp) it is the strength at which the initial penalty is 10× the data loss.
+    zeros (L2, Lp) it is the strength at which the initial penalty is 10× the data loss. Terms
+    count by their slope at 0 (``_slope_at_zero``), so MCP and SCAD are estimated as L1 is.
     """
-    reg = build_regularizer(cfg, model, unit_penalty(cfg))
+    reg = build_regularizer(cfg, model, stage_penalty(cfg, 1.0))
     assert reg is not None
     params = reg.parameters()
-    terms = reg.penalties[0].terms()
-    sparse = [t for t in terms if isinstance(t, (regtorch.L1, regtorch.GroupLasso))]
-    sparse += [regtorch.L1(t.l1) for t in terms if isinstance(t, regtorch.ElasticNet) and t.l1 > 0]
+    sparse = [(t, _slope_at_zero(t)) for t in reg.penalties[0].terms()]
+    sparse = [(t, slope) for t, slope in sparse if slope > 0]
     model.zero_grad(set_to_none=True)
     n = min(4096, int(x.shape[0]))
     loss = F.cross_entropy(model(x[:n]), y[:n])
@@ -111,18 +118,28 @@ def estimate_max_strength(cfg: TrainConfig, model: torch.nn.Module, x, y) -> flo
     grads = [p.grad.detach() for p in params]
     adaptive = cfg.optimizer in _ADAPTIVE and cfg.mode == "prox"
     estimates = []
-    for term in sparse:
-        if isinstance(term, regtorch.L1):
+    for term, slope in sparse:
+        if not isinstance(term, regtorch.GroupLasso):
             dual = 1.0 if adaptive else max(float(g.abs().max()) for g in grads)
-            estimates.append(dual / max(term.strength, 1e-12))
+        elif adaptive:
+            dual = max(math.sqrt(p[0].numel()) if p.ndim > 1 else 1.0 for p in params)
         else:
-            if adaptive:
-                dual = max(math.sqrt(p[0].numel()) if p.ndim > 1 else 1.0 for p in params)
-            else:
-                dual = max(float(term.norms(g).max()) for g in grads)
-            estimates.append(dual / max(term.strength, 1e-12))
+            dual = max(float(term.norms(g).max()) for g in grads)
+        estimates.append(dual / slope)
     model.zero_grad(set_to_none=True)
     return 0.5 * min(estimates)
+
+
+def _slope_at_zero(term: regtorch.Penalty) -> float:
+    """How steeply ``term`` rises from 0: its λ for L1-like terms (L1, elastic net's L1 part, MCP,
+    SCAD), the strength of a group lasso, and 0 for terms without exact zeros (L2, Lp with p > 1)."""
+    if isinstance(term, regtorch.GroupLasso):
+        return term.strength
+    if not term.elementwise:
+        return 0.0
+    eps = 1e-9
+    slope = float(term.value(torch.tensor([eps], dtype=torch.float64))) / eps
+    return slope if slope > 1e-6 else 0.0
 
 
 def _stage_row(stage: int, strength: float, session, reg, seconds: float) -> dict[str, Any]:
@@ -243,7 +260,7 @@ def run_path(
     threads_before = torch.get_num_threads()
     try:
         data = load_data(cfg)
-        session = build_session(cfg, data, penalty=unit_penalty(cfg))
+        session = build_session(cfg, data, penalty=stage_penalty(cfg, 1.0))
         if max_strength is None:
             max_strength = estimate_max_strength(cfg, session.model, data.x_train, data.y_train)
         min_strength = max_strength / 1000 if min_strength is None else min_strength
@@ -260,7 +277,6 @@ def run_path(
 def _trace(session, out: Path, values: list[float], state, reporter: Reporter, plots: bool):
     cfg, data, model = session.cfg, session.data, session.model
     rows: list[dict[str, Any]] = []
-    unit = unit_penalty(cfg)
     if state is not None:
         model.load_state_dict(state["model"])
         restore_rng(state["rng"], session.generator)
@@ -274,7 +290,7 @@ def _trace(session, out: Path, values: list[float], state, reporter: Reporter, p
         strength = values[stage - 1]
         started = time.perf_counter()
         optimizer = build_optimizer(cfg, model)
-        reg = build_regularizer(cfg, model, strength * unit)
+        reg = build_regularizer(cfg, model, stage_penalty(cfg, strength))
         handle = reg.attach(optimizer) if reg.mode != "loss" else None
         trainer = Trainer(
             model,

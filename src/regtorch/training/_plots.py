@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
+import regtorch
 from regtorch.training._checkpoint import atomic_write
+from regtorch.training._parts import part_keys
 
 __all__ = ["draw_compare_plot", "draw_path_plot", "draw_run_plots"]
 
 MISSING = "plots skipped: matplotlib is not installed (pip install 'regtorch[cli]')"
-_PART_NAMES = {"l1": "L1 part", "l2": "L2 part", "group": "group lasso part", "lp": "Lp part"}
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
@@ -71,7 +72,8 @@ def _loss_plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     top.set_title("Loss over training steps")
     top.legend()
     drawn = False
-    for key, label in _PART_NAMES.items():
+    for key in part_keys():
+        label = f"{regtorch.penalty_class(key).name} part"
         values = [r.get(key) for r in rows]
         if any(v is not None for v in values):
             bottom.plot(x, values, label=label)

@@ -25,12 +25,12 @@ from regtorch.training._errors import UsageError
 from regtorch.training._loop import Callback, Trainer, evaluate
 from regtorch.training._metrics import (
     MetricsWriter,
-    PenaltyParts,
     format_layer_table,
     layer_rows,
     read_metrics,
     weight_sparsity,
 )
+from regtorch.training._parts import PenaltyParts
 from regtorch.training._progress import Reporter
 from regtorch.training._rundir import (
     check_out_dir,
@@ -126,8 +126,8 @@ def summarize(
 def _penalty_name(reg: regtorch.Regularizer | None) -> str:
     if reg is None:
         return "none"
-    rules = getattr(reg, "_rules", None)
-    if rules is None or len(rules) == 1:
+    rules = reg.rules
+    if len(rules) == 1:
         return repr(reg.penalties[0])
     return " + ".join(
         f"{r.selection if isinstance(r.selection, str) else 'other weights'}: {r.penalty!r}" for r in rules

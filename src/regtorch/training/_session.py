@@ -18,10 +18,11 @@ from regtorch.training._build import (
     choose_threads,
     resolve_device,
 )
-from regtorch.training._config import PENALTY_OPTIONS, TrainConfig
+from regtorch.training._config import TrainConfig
 from regtorch.training._errors import UsageError
 from regtorch.training._loop import evaluate
-from regtorch.training._metrics import PenaltyParts
+from regtorch.training._parts import PenaltyParts
+from regtorch.training._penalty_spec import flag_options, parse_spec
 from regtorch.training._progress import Reporter
 
 __all__ = ["Session", "build_session", "load_data", "warn_if_dominant"]
@@ -113,10 +114,11 @@ def build_session(
 
 
 def _strength_hint(cfg: TrainConfig) -> str:
-    options = [o for o in PENALTY_OPTIONS[cfg.penalty] if o not in ("l1_ratio", "p", "groups")]
-    if cfg.penalty == "elasticnet":
+    spec = parse_spec(cfg.penalty)
+    options = [o for o in flag_options(spec) if o not in ("l1_ratio", "p", "groups")]
+    if spec.name == "ElasticNet":
         options = ["alpha"] if cfg.alpha is not None else ["l1", "l2"]
-    return "/".join("--" + o for o in options)
+    return "/".join("--" + o for o in options) or "the strength in --penalty"
 
 
 def warn_if_dominant(session: Session, reporter: Reporter) -> float | None:
