@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import regtorch as rt
-from regtorch import _fused
+from regtorch import kernels
 
 PENALTY = rt.ElasticNet(l1=1e-6, l2=1e-6)
 L1 = rt.L1(1e-6)
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "fused_available": _fused.fused_available(args.device),
+        "compiled_available": kernels.compiled_available(args.device),
     }
     print(f"# regtorch benchmarks — {machine}")
     results = {

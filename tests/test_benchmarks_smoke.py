@@ -49,6 +49,6 @@ def test_small_model_benchmark_prints_every_operation_and_variant() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
-    assert len(rows) == 9
+    assert len(rows) == 13
     assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)
-    assert "C kernels available" in result.stdout
+    assert "automatic choice: foreach" in result.stdout

@@ -89,7 +89,7 @@ class Interval:
                 f"The {name!r} argument of {owner} must be {self.describe()}; got {value!r} of type "
                 f"{type(value).__name__}."
             )
-        number = int(value) if self.integer else float(value)
+        number = int(value) if isinstance(value, numbers.Integral) else float(value)
         if not math.isfinite(number) or not self.contains(number):  # the message only when needed
             raise ValueError(f"The {name!r} argument of {owner} must be {self.describe()}; got {value!r}.")
         return number

@@ -132,7 +132,7 @@ def local_views(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], li
     with torch.no_grad():
         for t in tensors:
             if cls is not None and isinstance(t, cls):
-                views.append(t.to_local().detach())
+                views.append(t.to_local().detach())  # type: ignore[attr-defined]
                 layouts.append(ShardLayout.of(t))
             else:
                 views.append(t.detach())

@@ -72,17 +72,16 @@ class ElementwiseKernels:
         if impl == "foreach":
             out: list[torch.Tensor] = list(tensors)
             for indices in group_by_device_and_dtype(tensors):
-                for i, g in zip(
-                    indices, self.foreach_grad([tensors[i] for i in indices], *params), strict=True
-                ):
-                    out[i] = g
+                group = self.foreach_grad([tensors[i] for i in indices], *params)
+                for i, grad in zip(indices, group, strict=True):
+                    out[i] = grad
             return out
         grads = []
         for w in tensors:
-            g: object = FAILED
+            found: object = FAILED
             if impl == "compiled" and compiled_eligible(w):
-                g = self._compiled_grad(w, *(scalar_like(p, w) for p in params))
-            grads.append(self.grad(w, *params) if g is FAILED else g)  # type: ignore[arg-type]
+                found = self._compiled_grad(w, *(scalar_like(p, w) for p in params))
+            grads.append(found if isinstance(found, torch.Tensor) else self.grad(w, *params))
         return grads
 
     def run_prox_(
@@ -97,4 +96,4 @@ class ElementwiseKernels:
             new: object = FAILED
             if impl == "compiled" and compiled_eligible(w):
                 new = self._compiled_prox(w, scalar_like(step, w), *(scalar_like(p, w) for p in params))
-            w.copy_(self.prox(w, step, *params) if new is FAILED else new)  # type: ignore[arg-type]
+            w.copy_(new if isinstance(new, torch.Tensor) else self.prox(w, step, *params))

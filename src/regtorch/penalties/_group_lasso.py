@@ -135,7 +135,7 @@ class GroupLasso(Penalty):
         self.weights = _check_weights(weights)
         self._grouping: kg.Grouping | None = None
         if ids is not None:
-            self._grouping = kg.IndexGroups(self.dim, ids, 1 + max(ids))
+            self._grouping = kg.IndexGroups(-1 if self.dim is None else self.dim, ids, 1 + max(ids))
         elif groups == "tensor":
             self._grouping = kg.WholeTensor()
         elif groups != "coupled":

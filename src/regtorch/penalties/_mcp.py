@@ -55,7 +55,7 @@ def _foreach_grad(ws: list[torch.Tensor], lam: float, gamma: float) -> list[torc
     torch._foreach_add_(slope, lam)
     torch._foreach_clamp_min_(slope, 0.0)
     torch._foreach_mul_(slope, torch._foreach_sign(ws))
-    return slope
+    return list(slope)
 
 
 def _foreach_prox_(ws: list[torch.Tensor], t: float, lam: float, gamma: float) -> None:

@@ -64,7 +64,7 @@ def _foreach_grad(ws: list[torch.Tensor], lam: float, a: float) -> list[torch.Te
     torch._foreach_div_(slope, a - 1)
     torch._foreach_clamp_max_(slope, lam)
     torch._foreach_mul_(slope, torch._foreach_sign(ws))
-    return slope
+    return list(slope)
 
 
 def _foreach_prox_(ws: list[torch.Tensor], t: float, lam: float, a: float) -> None:

@@ -215,7 +215,7 @@ class Regularizer:
         """
         self._check_model()
         factor = self.factor()
-        rules = [(r.penalty, list(r.params)) for r in self.rules]
+        rules: list[tuple[Penalty, list[torch.Tensor]]] = [(r.penalty, list(r.params)) for r in self.rules]
         backend = backend_for(self.parameters())
         if self.mode == "loss":
             total = backend.value(rules, self.foreach, self.fused)
@@ -330,7 +330,7 @@ class Regularizer:
                 for p in params:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
-            jobs.append((rule.penalty, params, [p.grad for p in params]))
+            jobs.append((rule.penalty, params, [p.grad for p in params if p.grad is not None]))
         if jobs:
             backend_for(self.parameters()).add_grad_(jobs, factor, self.foreach, self.fused)
 

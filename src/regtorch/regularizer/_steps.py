@@ -31,21 +31,21 @@ def selected_in(
         if rule.per_tensor or not any(p.grad is not None for p in rule.params):
             continue
         if optimizer is None or id(rule.params[0]) in group_of:
-            yield group_of.get(id(rule.params[0])), rule, list(rule.params)
+            yield group_of.get(id(rule.params[0])), rule, list[torch.Tensor](rule.params)
     if optimizer is None:
         for rule in rules:
-            params = [p for p in rule.params if p.grad is not None]
-            if params and rule.per_tensor:
-                yield None, rule, params
+            with_grad: list[torch.Tensor] = [p for p in rule.params if p.grad is not None]
+            if with_grad and rule.per_tensor:
+                yield None, rule, with_grad
         return
     for group in optimizer.param_groups:
         by_rule: dict[int, tuple[Rule, list[torch.Tensor]]] = {}
         for p in group["params"]:
-            rule = rule_of.get(id(p))
-            if rule is not None and rule.per_tensor and p.grad is not None:
-                by_rule.setdefault(id(rule), (rule, []))[1].append(p)
-        for rule, params in by_rule.values():
-            yield group, rule, params
+            owner = rule_of.get(id(p))
+            if owner is not None and owner.per_tensor and p.grad is not None:
+                by_rule.setdefault(id(owner), (owner, []))[1].append(p)
+        for owner, params in by_rule.values():
+            yield group, owner, params
 
 
 def _learning_rate(group: dict[str, Any]) -> float:

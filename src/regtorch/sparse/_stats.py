@@ -177,7 +177,8 @@ def _sharded(
     groupings = [g if isinstance(g, (kg.DimGroups, kg.WholeTensor)) else _ROWS for g, _ in found]
     dims = [g.reduce_dims(w.ndim) for g, w in zip(groupings, locals_, strict=True)]
     with_penalty = [i for i, (_, _, pen) in enumerate(named) if pen is not None]
-    totals, _ = sharded_values([named[i][2] for i in with_penalty], [tensors[i] for i in with_penalty])
+    penalties = [pen for _, _, pen in named if pen is not None]
+    totals, _ = sharded_values(penalties, [tensors[i] for i in with_penalty])
     values = dict(zip(with_penalty, totals, strict=True))
     norms = group_norms_across(locals_, layouts, dims)
     reducer = Reducer()

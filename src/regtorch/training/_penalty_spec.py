@@ -55,7 +55,9 @@ _FLAGS: dict[str, dict[str, str | None]] = {
 
 def split_items(text: str) -> list[str]:
     """Split ``a=1,b=[1,2],c`` at the commas outside brackets and quotes."""
-    items, depth, quote, current = [], 0, "", []
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
