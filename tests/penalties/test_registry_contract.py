@@ -145,7 +145,7 @@ def test_every_mode_trains_a_model(penalty, mode) -> None:
     if mode != "loss":
         reg.attach(opt)
     x, y = torch.randn(16, 6, dtype=DT), torch.randn(16, 3, dtype=DT)
-    before = float(reg.penalty())
+    before = float(reg.penalty().detach())
     for _ in range(5):
         opt.zero_grad()
         loss = ((model(x) - y) ** 2).mean()
