@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import regtorch
+from regtorch.training._files import open_append
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -133,6 +134,9 @@ def clean_json(value: Any) -> Any:
 class MetricsWriter:
     """Appends rows to ``metrics.jsonl`` and ``metrics.csv``; knows their sizes for resuming.
 
+    The files are opened without following symbolic links (a link planted in the run folder is
+    refused, never written through).
+
     Args:
         run_dir: The run folder.
     """
@@ -146,10 +150,10 @@ class MetricsWriter:
         offsets = offsets or {}
         for key, path in (("jsonl", self.jsonl_path), ("csv", self.csv_path)):
             size = int(offsets.get(key, 0))
-            with path.open("a+b") as f:
+            with open_append(path, text=False) as f:
                 f.truncate(size)
         if self.csv_path.stat().st_size == 0:
-            with self.csv_path.open("w", newline="") as f:
+            with open_append(self.csv_path) as f:
                 csv.writer(f).writerow(METRIC_COLUMNS)
 
     def offsets(self) -> dict[str, int]:
@@ -162,11 +166,11 @@ class MetricsWriter:
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (keys from :data:`METRIC_COLUMNS`)."""
         row = clean_json(row)
-        with self.jsonl_path.open("a") as f:
+        with open_append(self.jsonl_path) as f:
             f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
         buffer = io.StringIO()
         csv.writer(buffer).writerow(["" if row.get(c) is None else row[c] for c in METRIC_COLUMNS])
-        with self.csv_path.open("a", newline="") as f:
+        with open_append(self.csv_path) as f:
             f.write(buffer.getvalue())
 
 
