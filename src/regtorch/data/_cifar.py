@@ -20,6 +20,8 @@ _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
+# A batch pickle holds 10,000 images of 3,072 bytes (31,035,704 bytes in the official files).
+_MAX_BATCH_BYTES = 64 * 1024 * 1024
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _CIFAR_CLASSES = (
@@ -115,10 +117,19 @@ def _unpickle_batch(data: bytes, where: str) -> dict[str, Any]:
     return {"data": x, "labels": y.astype(np.int64)}
 
 
+def _check_batch_size(size: int, where: str) -> None:
+    if size > _MAX_BATCH_BYTES:
+        raise DataError(
+            f"CIFAR-10 batch {where} has {size:,} bytes; a batch of 10,000 images has about 31 MB "
+            "(this is not CIFAR-10's python version)."
+        )
+
+
 def _read_cifar_folder(folder: Path) -> dict[str, bytes]:
     out = {}
     for member in (*_CIFAR_TRAIN, _CIFAR_TEST):
         try:
+            _check_batch_size((folder / member).stat().st_size, f"'{folder / member}'")
             out[member] = (folder / member).read_bytes()
         except OSError as exc:
             raise DataError(
@@ -135,6 +146,7 @@ def _read_cifar_archive(archive: Path) -> dict[str, bytes]:
             for member in tar:  # one sequential pass through the compressed stream
                 key = wanted.get(member.name.removeprefix("./"))
                 if key is not None and member.isfile():
+                    _check_batch_size(member.size, f"'{member.name}' in '{archive}'")
                     handle = tar.extractfile(member)
                     if handle is not None:
                         out[key] = handle.read()

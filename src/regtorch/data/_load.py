@@ -117,9 +117,13 @@ def load_dataset(
     unpickler that only accepts numpy arrays, but only use files from a trusted source (their
     md5 is checked when :func:`~regtorch.data.download` fetches them).
 
-    Labels in npz and CSV files may be non-negative integer class ids (kept as they are;
+    Labels in npz and CSV files may be integer class ids below 10,000 (kept as they are;
     ``num_classes`` is the largest id + 1) or strings (mapped to ids in sorted order, see
-    ``Dataset.class_names``); other integer sets, e.g. ``{-1, 1}``, are mapped like strings.
+    ``Dataset.class_names``); other integer sets, e.g. ``{-1, 1}`` or ``{0, 10**9}``, are
+    mapped like strings. Floats with integral values count as integers, in npz and CSV files
+    alike; other floats (regression targets) are refused, and so are a single class and more
+    than 10,000 distinct labels. Files whose declared sizes do not match their contents, or
+    do not fit in the memory available, are refused before they are read.
 
     The processing order is: read, keep the first ``limit`` training and test examples,
     carve the validation split from the training examples, fit the standardization (digits,
