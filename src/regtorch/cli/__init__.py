@@ -7,12 +7,9 @@ that continues the run); set ``REGTORCH_DEBUG=1`` to see tracebacks instead.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from regtorch.training._errors import RunError, Terminated
@@ -96,11 +93,11 @@ def _run(argv: Sequence[str] | None) -> int:
 def _command(args: Any) -> int:
     """Run the parsed command with SIGTERM as an interrupt; release its run folders at the end
     (putting back a run that ``--overwrite`` set aside when the new one has no checkpoint)."""
-    from regtorch.cli._commands import COMMANDS
+    from regtorch.cli._commands import COMMANDS, sigterm_raises
 
     completed = False
     try:
-        with _sigterm_interrupts():
+        with sigterm_raises(Terminated):
             status = COMMANDS[args.command](args)
         completed = status == 0
         return status
@@ -108,20 +105,3 @@ def _command(args: Any) -> int:
         runlock = sys.modules.get("regtorch.training._runlock")
         if runlock is not None:
             runlock.release_all(completed=completed)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Raise :class:`Terminated` on SIGTERM while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

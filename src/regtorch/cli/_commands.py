@@ -8,7 +8,8 @@ import json
 import shlex
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from regtorch.training._errors import RunFailed, UsageError
 from regtorch.training._metrics import clean_json
 from regtorch.training._progress import Reporter
 
-__all__ = ["COMMANDS", "COMPARE_DEFAULTS", "PATH_DEFAULTS", "stop_advice"]
+__all__ = ["COMMANDS", "COMPARE_DEFAULTS", "PATH_DEFAULTS", "sigterm_raises", "stop_advice"]
 
 #: Defaults of ``regtorch compare`` that differ from ``train``'s: plain SGD, where a strength
 #: means the same in loss and prox modes, long enough for the penalties to act on digits.
@@ -122,24 +123,23 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
             )
         if args.out is None:
             args.out = ctx.broadcast(str(default_out_dir("train")) if ctx.is_main else None)
-        out = args.out
         kwargs = _train_kwargs(args, given)
         if not ctx.is_main:
             kwargs["reporter"] = SilentReporter()
-        stopped = (
-            f"rank {ctx.rank}: stopped by torchrun (SIGTERM): another process of the launch died or "
-            f"a collective failed; completed epochs are in the checkpoint: continue with --resume "
-            f"--out {out}"
-        )
+        def stopped() -> RunFailed:
+            return RunFailed(
+                f"rank {ctx.rank}: stopped by torchrun (SIGTERM): another process of the launch died "
+                f"or a collective failed{stop_advice(args)}"
+            )
+
         try:
-            with _sigterm_raises(RunFailed(stopped)):
-                summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
+            with sigterm_raises(stopped):
+                summary = run_train(cfg, args.out, dist_ctx=ctx, **kwargs)
         except RuntimeError as exc:  # a collective failed: a rank died or timed out
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunFailed(
                 f"rank {ctx.rank}: a collective failed ({first[:300]}); another process of the "
-                f"launch died or stopped answering (timeout {TIMEOUT_S}s); completed epochs are in "
-                f"the checkpoint: continue with --resume --out {out}"
+                f"launch died or stopped answering (timeout {TIMEOUT_S}s){stop_advice(args)}"
             ) from exc
         if ctx.is_main:
             _emit_json(args, summary)
@@ -150,15 +150,20 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
 
 
 @contextlib.contextmanager
-def _sigterm_raises(error: Exception) -> Iterator[None]:
-    """Turn SIGTERM into ``error`` while the block runs (then restore the previous handler).
+def sigterm_raises(make_error: Callable[[], BaseException]) -> Iterator[None]:
+    """Raise ``make_error()`` on SIGTERM while the block runs (then restore the previous handler).
 
-    torchrun stops the other ranks with SIGTERM as soon as one fails; a rank that gets it before
-    its own collective fails then still ends with one readable line instead of dying silently.
+    The command line turns SIGTERM into an interrupt (the run ends like Ctrl-C, with one line);
+    under torchrun, which stops the other ranks with SIGTERM as soon as one fails, a rank that
+    gets it before its own collective fails still ends with one readable line. Outside the main
+    thread (where signal handlers cannot be set) nothing changes.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum: int, frame: Any) -> None:
-        raise error
+        raise make_error()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
