@@ -143,14 +143,24 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        cause = recorder.error if recorder is not None and recorder.error is not None else exc
-        if isinstance(cause, OSError):
+        cause = recorder.error if recorder is not None and recorder.error is not None else _os_error(exc)
+        if cause is not None and isinstance(exc, Exception):  # an interrupt stays an interrupt
             raise UsageError(
                 f"cannot write '{path}': {describe_os_error(cause)}; the previous '{path.name}', if "
                 "any, is unchanged"
             ) from cause
         raise
     _fsync_folder(path.parent)
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError ``exc`` is, or was raised while handling (torch.save wraps failed writes)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:
