@@ -16,6 +16,8 @@ import torch
 __all__ = ["available_memory", "check_fits_in_memory", "format_bytes", "load_weights_only"]
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# What torch.load raises for a damaged file, besides UnpicklingError and EOFError.
+_DAMAGED = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, MemoryError, OSError)
 
 
 def load_weights_only(source: str | os.PathLike[str] | IO[bytes], what: str, map_location: Any = None) -> Any:
@@ -29,19 +31,23 @@ def load_weights_only(source: str | os.PathLike[str] | IO[bytes], what: str, map
     Raises:
         ValueError: ``"<what> ..."``: empty, truncated, not a torch file, or holding objects other
             than tensors and plain containers (refused without running anything).
+        OSError: If the path is missing, a folder or not readable.
     """
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # about the path, not the content
     except pickle.UnpicklingError as exc:
         found = _GLOBAL.search(str(exc))
-        detail = f" (it refers to {found.group(1)})" if found else ""
+        if found is None:
+            raise ValueError(f"{what} is damaged or not a torch file (its pickled data is invalid)") from None
         raise ValueError(
-            f"{what} holds objects other than tensors, numbers, strings and containers{detail}; "
-            "regtorch does not load such files because loading them could run code"
+            f"{what} holds objects other than tensors, numbers, strings and containers (it refers "
+            f"to {found.group(1)}); regtorch does not load such files because loading them could run code"
         ) from None
     except EOFError:
         raise ValueError(f"{what} is empty or truncated") from None
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, MemoryError) as exc:
+    except _DAMAGED as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{what} is damaged or not a torch file ({first[:200]})") from None
 

@@ -31,7 +31,7 @@ def _label_values(both: np.ndarray, source: str) -> np.ndarray:
     """Labels as integers, integral floats or strings (anything else is refused)."""
     if both.dtype.kind == "f":
         if not np.all(np.isfinite(both)) or not np.all(both == np.round(both)):
-            bad = both[~np.isfinite(both) | (both != np.round(both))][0]
+            bad = both[~np.isfinite(both) | (both != np.round(both))][0].item()
             raise DataError(
                 f"Labels in {source} must be integer class ids or strings; found the value "
                 f"{bad!r} (regression targets are not supported)."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from regtorch.data import Dataset
 from regtorch.training._checkpoint import capture_rng, save_checkpoint, write_json
 from regtorch.training._config import TrainConfig
 from regtorch.training._errors import UsageError
+from regtorch.training._files import describe_os_error
 from regtorch.training._loop import Callback, Trainer
 from regtorch.training._metrics import MetricsWriter, format_layer_table, read_metrics
 from regtorch.training._progress import Reporter
@@ -54,6 +55,21 @@ def _model_optimizer_state(session: Session, dist_ctx: Any) -> tuple[dict, dict]
             get_optimizer_state_dict(session.model, session.optimizer, options=options),
         )
     return session.model.state_dict(), session.optimizer.state_dict()
+
+
+def _metrics_row(writer: MetricsWriter, out: Path) -> Callable[[dict[str, Any]], None]:
+    """``writer.write``, with a failed write (a full disk) as one line naming the run."""
+
+    def write(row: dict[str, Any]) -> None:
+        try:
+            writer.write(row)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the metrics of '{out}': {describe_os_error(exc)}; completed epochs are "
+                "in the checkpoint: make room, then continue the run with --resume"
+            ) from exc
+
+    return write
 
 
 def _checkpoint_writer(
@@ -264,7 +280,7 @@ def _train(
         log_every=log_every,
         reporter=reporter,
         callbacks=callbacks,
-        metrics_row=writer.write if main else None,
+        metrics_row=_metrics_row(writer, out) if main else None,
         x_val=data.x_val,
         y_val=data.y_val,
         forward=session.forward,
