@@ -240,6 +240,26 @@ def _link_outside(name: str) -> Callable[[Ctx], list[str]]:
     return build
 
 
+def _tensorboard_link(ctx: Ctx) -> list[str]:
+    run = ctx.run()
+    (ctx.tmp / "elsewhere").mkdir()
+    (run / "tensorboard").symlink_to(ctx.tmp / "elsewhere")
+    return [*_resume(run), "--tensorboard"]
+
+
+def _lock_link(ctx: Ctx) -> list[str]:
+    run = ctx.run()
+    (run / ".regtorch.lock").symlink_to(ctx.tmp / "outside.txt")
+    return _resume(run)
+
+
+def _report_fifo(ctx: Ctx) -> list[str]:
+    run = ctx.run()
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")  # reading it would wait forever for a writer
+    return ["report", run, "--quiet"]
+
+
 def _config(change: Callable[[dict], Any]) -> Callable[[Ctx], list[str]]:
     def build(ctx: Ctx) -> list[str]:
         run = ctx.run()
@@ -482,6 +502,9 @@ CASES = [
     Case("metrics-jsonl-link-outside", _link_outside("metrics.jsonl"), 2,
          r"'.*metrics\.jsonl' is a symbolic link; regtorch never reads or writes a run's files through links"),
     Case("metrics-csv-link-outside", _link_outside("metrics.csv"), 2, r"'.*metrics\.csv' is a symbolic link"),
+    Case("tensorboard-link-outside", _tensorboard_link, 2,
+         r"'.*tensorboard' is a symbolic link; regtorch never writes a run's files through links: remove it"),
+    Case("lock-file-link", _lock_link, 2, r"'.*run/\.regtorch\.lock' is a symbolic link; remove it"),
     # ---- config.json and summary.json
     Case("config-not-json", _metrics("config.json", lambda d: d[:-10]), 2,
          r"'.*config\.json' is not valid JSON \(.*\); it was damaged or not written by regtorch"),
@@ -499,6 +522,7 @@ CASES = [
     Case("report-summary-damaged", _summary_damaged("report"), 2, r"'.*summary\.json' is damaged \(KeyError"),
     Case("report-compare-csv-damaged", _report_damaged_compare, 2,
          r"'.*compare\.csv' is damaged \((KeyError|ValueError).*\); it was not written by regtorch"),
+    Case("report-metrics-fifo", _report_fifo, 2, r"'.*metrics\.jsonl' is not a regular file"),
     Case("report-checkpoint-runs-code", _report_code_checkpoint, 2,
          r"holds objects other than tensors.*could run code; nothing was changed"),
     # ---- data files

@@ -287,3 +287,16 @@ def test_open_regular_refuses_links_folders_and_pipes_without_blocking(tmp_path)
     with pytest.raises(FileNotFoundError):
         open_regular(tmp_path / "missing")
     os.close(open_regular(tmp_path / "target"))
+
+
+def test_plots_that_cannot_be_written_do_not_fail_a_finished_run(cli, tmp_path, monkeypatch):
+    from regtorch.training import _plots
+
+    def full_disk(fig, path):
+        raise UsageError(f"cannot write '{path}': no space left on the device")
+
+    monkeypatch.setattr(_plots, "_save", full_disk)
+    result = cli("train", "--hidden", "16,8", "--epochs", "1", "--out", tmp_path, "--quiet")
+    assert result.status == 0 and "test accuracy" in result.out
+    assert result.err.startswith("warning: plots skipped: cannot write '") and result.err.count("\n") == 1
+    assert read_json(tmp_path / "summary.json")["status"] == "completed"

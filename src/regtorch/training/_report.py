@@ -14,7 +14,7 @@ import torch
 from regtorch.training._checkpoint import load_checkpoint
 from regtorch.training._compare import format_compare_table
 from regtorch.training._errors import UsageError
-from regtorch.training._files import describe_os_error
+from regtorch.training._files import describe_os_error, open_regular
 from regtorch.training._metrics import format_layer_table, read_metrics
 from regtorch.training._path import format_path_table
 from regtorch.training._progress import Reporter
@@ -101,6 +101,9 @@ def run_report(
     out = Path(run_dir)
     if not out.is_dir():
         raise UsageError(f"'{out}' is not a folder")
+    for name in ("compare.csv", "path.csv", "metrics.jsonl"):  # never read a pipe or through a link
+        if os.path.lexists(out / name):
+            os.close(open_regular(out / name))
     folder = _plots_folder(out, plots_dir) if plots else None
     if plots and folder is None:
         reporter.warn(

@@ -291,14 +291,14 @@ def _train(
     if checkpoint_state is not None:  # checked and restored before anything is written
         restore(session, trainer, checkpoint_state, out / "checkpoint.pt", dist_ctx)
         wall[0] = float(checkpoint_state.get("wall_time_s", 0.0))
-    if main:
-        write_run_config(out, "train", config=cfg.to_dict())
-        writer.reset(None if checkpoint_state is None else checkpoint_state["metrics_offsets"])
     if options.get("tensorboard") and main:
         from regtorch.training._tensorboard import TensorBoardCallback
 
         fsdp = dist_ctx is not None and dist_ctx.fsdp
         trainer.callbacks.append(TensorBoardCallback(out / "tensorboard", histograms=not fsdp))
+    if main:
+        write_run_config(out, "train", config=cfg.to_dict())
+        writer.reset(None if checkpoint_state is None else checkpoint_state["metrics_offsets"])
     if checkpoint_state is not None:
         reporter.line(f"Resuming '{out}' after epoch {trainer.state.epoch} of {cfg.epochs}")
     else:
@@ -343,7 +343,10 @@ def _train(
         if plots:
             from regtorch.training._plots import draw_run_plots
 
-            note = draw_run_plots(out, read_metrics(out), weights)
+            try:
+                note = draw_run_plots(out, read_metrics(out), weights)
+            except UsageError as exc:  # a full disk: the run itself is complete and saved
+                note = f"plots skipped: {exc}"
             if note:
                 reporter.warn(note)
         reporter.result(result_line(summary, out))

@@ -14,6 +14,7 @@ temporary file in the folder: those left by a writer that was killed are removed
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -96,31 +97,45 @@ def _lock(path: Path) -> int:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UsageError(f"'{lock_path}' is a symbolic link; remove it") from None
             raise UsageError(
                 f"cannot write in the output folder '{path}' ({describe_os_error(exc)}); make it "
                 "writable or choose another --out"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if _locked(fd, lock_path, path):
+                return fd
+        except BaseException:
             os.close(fd)
-            raise UsageError(
-                f"the run folder '{path}' is in use by {_holder(lock_path)}; wait for that run to "
-                "end or choose another --out (a lock left by a process that died is released "
-                "by the system and taken over)"
-            ) from None
-        # The previous holder may have removed the file between our open and our flock.
-        try:
-            same = os.path.samestat(os.fstat(fd), os.lstat(lock_path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()} {stamp}\n".encode())
-            return fd
+            raise
         os.close(fd)
     raise UsageError(f"could not lock the run folder '{path}'; try again")  # pragma: no cover
+
+
+def _locked(fd: int, lock_path: Path, path: Path) -> bool:
+    """Take the lock on ``fd`` and sign it; False if the file was replaced in between."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(
+            f"the run folder '{path}' is in use by {_holder(lock_path)}; wait for that run to "
+            "end or choose another --out (a lock left by a process that died is released "
+            "by the system and taken over)"
+        ) from None
+    # The previous holder may have removed the file between our open and our flock.
+    try:
+        if not os.path.samestat(os.fstat(fd), os.lstat(lock_path)):
+            return False
+    except FileNotFoundError:
+        return False
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} {stamp}\n".encode())
+    except OSError as exc:
+        raise UsageError(f"cannot write '{lock_path}': {describe_os_error(exc)}") from exc
+    return True
 
 
 def claim_run_dir(path: Path) -> None:
