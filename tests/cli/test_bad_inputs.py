@@ -389,7 +389,7 @@ class Case:
 
 
 DAMAGED = r"the checkpoint '.*checkpoint\.pt' cannot be used: {}; nothing was changed: restore it from a copy"
-MISMATCH = r"'.*{}' does not match the checkpoint '.*checkpoint\.pt': {} \(it was changed after the checkpoint\)"
+MISMATCH = r"'.*{}' does not match the checkpoint '.*checkpoint\.pt': {} \(one of the two was changed since"
 
 CASES = [
     # ---- command-line arguments

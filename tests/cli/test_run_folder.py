@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import FAST, assert_png, read_json
+from cli_helpers import FAST, StopAfter, assert_png, read_json
 
-from regtorch.training import Callback, Reporter, TrainConfig, UsageError, run_train
+from regtorch.training import Reporter, TrainConfig, UsageError, run_train
 from regtorch.training._runlock import ASIDE_NAME, LOCK_NAME
 
 LONG = ["--hidden", "16,8", "--epochs", "500", "--no-plots", "--batch-size", "8"]
@@ -129,15 +129,6 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_diverges(cli, tmp_path):
     assert bad.status == 1 and "training diverged" in bad.err
     assert _files(tmp_path) == before
     assert not (tmp_path / ASIDE_NAME).exists()
-
-
-class StopAfter(Callback):
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_step_end(self, trainer, loss):
-        if trainer.state.step == self.steps:
-            raise KeyboardInterrupt
 
 
 def test_overwrite_keeps_the_old_run_until_the_first_checkpoint(tmp_path):
@@ -300,3 +291,36 @@ def test_plots_that_cannot_be_written_do_not_fail_a_finished_run(cli, tmp_path, 
     assert result.status == 0 and "test accuracy" in result.out
     assert result.err.startswith("warning: plots skipped: cannot write '") and result.err.count("\n") == 1
     assert read_json(tmp_path / "summary.json")["status"] == "completed"
+
+
+def _locked_elsewhere(folder: Path) -> bool:
+    """Whether another process finds ``folder``'s lock taken."""
+    code = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(folder / LOCK_NAME)], timeout=TIMEOUT).returncode == 3
+
+
+def test_claims_are_counted_and_void_once_their_folder_is_gone(tmp_path):
+    import shutil
+
+    from regtorch.training._runlock import claim_run_dir, release_run_dir
+
+    folder = tmp_path / "run"
+    claim_run_dir(folder)
+    claim_run_dir(folder)
+    release_run_dir(folder)
+    assert _locked_elsewhere(folder)
+    release_run_dir(folder)
+    assert not folder.exists()  # created by the claim and left empty: removed again
+    claim_run_dir(folder)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    claim_run_dir(folder)  # the folder is new: its lock is taken again, not counted
+    try:
+        assert _locked_elsewhere(folder)
+    finally:
+        release_run_dir(folder)
+    assert folder.exists() and not (folder / LOCK_NAME).exists()

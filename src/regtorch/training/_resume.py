@@ -275,9 +275,9 @@ def check_metrics_files(out: Path, offsets: dict[str, int], epochs: int, path: P
                     problem = _metrics_problem(name, f.read(size), epochs)
         if problem is not None:
             raise UsageError(
-                f"'{file}' does not match the checkpoint '{path}': {problem} (it was changed after "
-                "the checkpoint); nothing was changed: restore it from a copy, or start the run again "
-                "with --overwrite"
+                f"'{file}' does not match the checkpoint '{path}': {problem} (one of the two was "
+                "changed since the checkpoint was written); nothing was changed: restore it from a "
+                "copy, or start the run again with --overwrite"
             )
 
 

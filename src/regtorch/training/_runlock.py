@@ -150,9 +150,12 @@ def claim_run_dir(path: Path) -> None:
     created = _create_folder(path)
     key = os.path.realpath(path)
     claim = _claims.get(key)
-    if claim is not None:
+    if claim is not None and _still_held(claim):
         claim.count += 1
         return
+    if claim is not None:  # the folder was removed and made again since: the old lock is void
+        del _claims[key]
+        os.close(claim.fd)
     try:
         fd = _lock(path)
     except BaseException:
@@ -163,6 +166,13 @@ def claim_run_dir(path: Path) -> None:
     _claims[key] = _Claim(path, fd, created)
     remove_stale_temp_files(path)
     _finish_interrupted_replacement(path)
+
+
+def _still_held(claim: _Claim) -> bool:
+    try:
+        return os.path.samestat(os.fstat(claim.fd), os.lstat(claim.folder / LOCK_NAME))
+    except FileNotFoundError:
+        return False
 
 
 def _has_checkpoint(folder: Path) -> bool:
