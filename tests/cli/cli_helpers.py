@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from regtorch.training import Callback
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 #: Fast settings for tests: the digits set, a tiny MLP, few epochs, no plots unless asked.
@@ -24,3 +26,14 @@ def assert_png(path: Path) -> None:
 
 def without_timing(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "timing"}
+
+
+class StopAfter(Callback):
+    """Raises KeyboardInterrupt after ``steps`` optimizer steps, like Ctrl-C would."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, trainer, loss):
+        if trainer.state.step == self.steps:
+            raise KeyboardInterrupt

@@ -11,10 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 from cli_helpers import read_json
+
+from regtorch.training._distributed import TIMEOUT_S
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -91,12 +94,27 @@ def test_torchrun_resume(engine, reference, tmp_path):
 
 
 def test_dead_rank_ends_the_run(tmp_path):
-    # REGTORCH_TEST_DIE=1:5 is a test hook: rank 1 calls os._exit(1) after 5 steps.
+    # dying_rank.py makes rank 1 call os._exit(1) after 50 steps (epoch 2: epoch 1 has 38), by
+    # patching the trainer.
+    status_dir = tmp_path / "status"
+    status_dir.mkdir()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_port()),
+        str(Path(__file__).with_name("dying_rank.py")), "1", "50", str(status_dir),
+        "train", "--epochs", "3", *ARGS, "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
     started = time.monotonic()
-    result = torchrun("--epochs", "3", *ARGS, "--out", tmp_path / "run", env=_env(REGTORCH_TEST_DIE="1:5"))
-    assert result.returncode != 0
-    assert time.monotonic() - started < TIMEOUT
-    assert "a collective failed" in result.stderr, result.stderr[-3000:]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert elapsed < TIMEOUT_S  # ended by the failure, not by the collective's timeout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("regtorch train")]
+    assert len(lines) == 1, result.stderr[-3000:]  # the surviving rank's one line
+    assert "a collective failed" in lines[0] or "stopped by torchrun (SIGTERM)" in lines[0], lines
+    assert f"continue with: regtorch train --resume --out {tmp_path / 'run'}" in lines[0]
+    assert (status_dir / "rank0").read_text() == "1"  # the survivor ended with status 1
+    assert not (status_dir / "rank1").exists()  # the dead rank never got there
 
 
 def test_global_batch_must_divide(tmp_path):

@@ -161,11 +161,14 @@ def test_sigterm_during_a_distributed_run_becomes_one_line():
     import os
     import signal
 
-    from regtorch.cli._commands import _sigterm_raises
+    from regtorch.cli._commands import sigterm_raises
     from regtorch.training._errors import RunFailed
 
     before = signal.getsignal(signal.SIGTERM)
-    stopped = RunFailed("rank 0: stopped by torchrun (SIGTERM)")
-    with pytest.raises(RunFailed, match="stopped by torchrun"), _sigterm_raises(stopped):
+
+    def stopped():
+        return RunFailed("rank 0: stopped by torchrun (SIGTERM)")
+
+    with pytest.raises(RunFailed, match="stopped by torchrun"), sigterm_raises(stopped):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
     assert signal.getsignal(signal.SIGTERM) is before

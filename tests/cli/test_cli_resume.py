@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from cli_helpers import FAST, read_json, without_timing
+from cli_helpers import FAST, StopAfter, read_json, without_timing
 
 from regtorch.training import Callback, Reporter, RunFailed, TrainConfig, run_train
 
@@ -33,17 +33,6 @@ def metric_rows(run_dir):
 
 def strip_time_column(text: str) -> list[list[str]]:
     return [line.split(",")[:-1] for line in text.splitlines()]
-
-
-class StopAfter(Callback):
-    """Raises KeyboardInterrupt after ``steps`` optimizer steps, like Ctrl-C would."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_step_end(self, trainer, loss):
-        if trainer.state.step == self.steps:
-            raise KeyboardInterrupt
 
 
 def test_resume_after_interrupt_equals_uninterrupted(cli, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import struct
 import tempfile
 from pathlib import Path
 
@@ -202,3 +203,27 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_data_error_is_a_value_error() -> None:
     assert issubclass(DataError, ValueError)
+
+
+def test_gzip_bomb_is_cut_at_the_declared_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bomb.gz"
+    header = bytes([0, 0, 0x08, 1]) + (10).to_bytes(4, "big")
+    path.write_bytes(gzip.compress(header + bytes(10 + 50 * 2**20)))  # 50 MB of trailing zeros
+    read = gzip.GzipFile.read
+    sizes = []
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, n=-1: sizes.append(n) or read(self, n))
+    with pytest.raises(DataError, match=r"has trailing bytes: expected 18 bytes of data for shape \(10,\), "
+                       r"found more than 18\."):  # fmt: skip
+        read_idx(path)
+    assert all(0 <= n <= 11 for n in sizes)  # never decompressed it all
+
+
+def test_header_beyond_memory_is_refused_before_decompressing(tmp_path: Path, monkeypatch) -> None:
+    import regtorch._untrusted as untrusted
+
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 10**9)
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 0x08, 2]) + struct.pack(">2I", 100_000, 100_000)))
+    with pytest.raises(DataError, match=r"IDX file '.*huge\.gz' declares 10,000,000,012 bytes of data that "
+                       r"need 20\.0 GB of memory, more than the 1\.0 GB this machine has available\."):  # fmt: skip
+        read_idx(path)

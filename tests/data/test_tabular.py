@@ -202,3 +202,51 @@ def test_csv_missing_file_and_empty_file(tmp_path: Path) -> None:
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(DataError, match=r"is empty; expected a header row"):
         load_dataset(f"csv:{tmp_path / 'e.csv'}", target="y")
+
+
+# ---- label spaces -----------------------------------------------------------------------------
+
+
+def test_large_integer_labels_are_remapped_not_allocated(tmp_path: Path) -> None:
+    # One label of 1e9 once asked for a billion-unit output layer.
+    path = tmp_path / "big.npz"
+    np.savez(path, x=_features(10, 2), y=np.array([0, 10**9] * 5, dtype=np.uint64))
+    ds = load_dataset(f"npz:{path}")
+    assert ds.num_classes == 2 and ds.class_names == ("0", "1000000000")
+    assert sorted(set(torch.cat([ds.y_train, ds.y_test]).tolist())) == [0, 1]
+
+
+def test_ids_below_the_cap_are_kept_and_above_it_remapped(tmp_path: Path) -> None:
+    from regtorch.data._tabular import MAX_CLASSES
+
+    path = tmp_path / "cap.npz"
+    np.savez(path, x=_features(10, 2), y=np.array([0, MAX_CLASSES - 1] * 5))
+    assert load_dataset(f"npz:{path}").num_classes == MAX_CLASSES
+    np.savez(path, x=_features(10, 2), y=np.array([0, MAX_CLASSES] * 5))
+    assert load_dataset(f"npz:{path}").num_classes == 2
+
+
+def test_csv_numeric_labels_are_read_like_npz_labels(tmp_path: Path) -> None:
+    csv_path = tmp_path / "f.csv"
+    csv_path.write_text("a,label\n" + "".join(f"{i},{float(i % 3)}\n" for i in range(30)))
+    npz_path = tmp_path / "f.npz"
+    np.savez(npz_path, x=np.arange(30, dtype=np.float64), y=np.arange(30) % 3 * 1.0)
+    from_csv = load_dataset(f"csv:{csv_path}", target="label")
+    from_npz = load_dataset(f"npz:{npz_path}")
+    assert from_csv.class_names == from_npz.class_names == ("0", "1", "2")
+    assert torch.equal(from_csv.y_train, from_npz.y_train) and torch.equal(from_csv.y_test, from_npz.y_test)
+
+
+def test_csv_integers_beyond_64_bits_are_names(tmp_path: Path) -> None:
+    path = tmp_path / "ids.csv"
+    big = 10**30
+    path.write_text("a,label\n" + "".join(f"{i},{big + i % 2}\n" for i in range(10)))
+    ds = load_dataset(f"csv:{path}", target="label")
+    assert ds.class_names == (str(big), str(big + 1))
+
+
+def test_npz_bytes_labels_that_are_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "b.npz"
+    np.savez(path, x=_features(4, 2), y=np.array([b"\xff", b"a"] * 2))
+    with pytest.raises(DataError, match=r"Labels in npz file '.*' are not UTF-8 text"):
+        load_dataset(f"npz:{path}")

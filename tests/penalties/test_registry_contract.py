@@ -11,9 +11,9 @@ import json
 
 import pytest
 import torch
-from registry_examples import registry_examples
 
 import regtorch as rt
+from registry_examples import registry_examples
 from regtorch import kernels
 
 DT = torch.float64

@@ -165,3 +165,83 @@ def test_bad_inputs(tmp_path) -> None:
     torch.save({"format": "regtorch.sparse", "version": 99, "tensors": {}}, newer)
     with pytest.raises(ValueError, match="version 99"):
         load_sparse(newer)
+
+
+def _indices_entry(shape, values, indices) -> dict:
+    return {"kind": "indices", "shape": shape, "dtype": "float32", "indices": indices, "values": values}
+
+
+def _bitmask_entry(shape, values, mask) -> dict:
+    return {"kind": "bitmask", "shape": shape, "dtype": "float32", "mask": mask, "values": values}
+
+
+ONE = torch.ones(1)
+FIRST = torch.tensor([0], dtype=torch.int32)
+
+# (crafted entry of the tensor "w", what the message must say): each is refused before any tensor
+# of its declared shape is allocated.
+CRAFTED = [
+    (_indices_entry([100_000, 100_000], torch.ones(0), torch.zeros(0, dtype=torch.int32)),
+     r"declares sparse tensors that need 40\.0 GB of memory, more than"),
+    (_indices_entry([10**9, 10**9], ONE, FIRST), r"need 4000\.0 PB of memory"),
+    (_indices_entry([-4], ONE, FIRST), r"'w' with the shape \[-4\]; expected sizes >= 0"),
+    (_indices_entry([4.5], ONE, FIRST), r"'w' with the shape \[4\.5\]"),
+    (_indices_entry("4", ONE, FIRST), r"'w' with the shape '4'"),
+    (_indices_entry([4], torch.ones(2), FIRST), r"'w' \(shape \[4\]\) with 1 indices for 2 values"),
+    (_indices_entry([4], ONE, torch.tensor([4], dtype=torch.int32)), r"with indices outside \[0, 4\)"),
+    (_indices_entry([4], ONE, torch.tensor([-1], dtype=torch.int64)), r"with indices outside \[0, 4\)"),
+    (_indices_entry([4], ONE, torch.tensor([0.0])), r"indices that are not a 1-D int32/int64 tensor"),
+    (_indices_entry([4], torch.ones(1, dtype=torch.float64), FIRST), r"the values of 'w' as something else"),
+    (_indices_entry([4], "1", FIRST), r"the values of 'w' as something else than a 1-D torch\.float32"),
+    ({**_indices_entry([4], ONE, FIRST), "dtype": "Tensor"}, r"'w' with the unknown dtype 'Tensor'"),
+    ({**_indices_entry([4], ONE, FIRST), "dtype": "int64"}, r"'w' with the unknown dtype 'int64'"),
+    ({**_indices_entry([4], ONE, FIRST), "negative_zeros": {"indices": torch.tensor([9])}},
+     r"with indices outside \[0, 4\)"),
+    (_bitmask_entry([20], ONE, torch.zeros(2, dtype=torch.uint8)), r"a mask of 2 bytes for 20 entries \(expected 3\)"),
+    (_bitmask_entry([20], ONE, torch.tensor([0, 0, 0xFF], dtype=torch.uint8)), r"mask bits set beyond the last"),
+    (_bitmask_entry([20], ONE, torch.tensor([3, 0, 0], dtype=torch.uint8)),
+     r"a mask whose set bits do not number the 1 stored values"),
+    (_bitmask_entry([20], ONE, torch.ones(3)), r"a mask that is not a 1-D uint8 tensor"),
+    ({"kind": "dense", "tensor": "zeros"}, r"stores 'w' as dense without a tensor"),
+    ({"kind": "mystery"}, r"holds an unknown entry for 'w'"),
+]
+
+
+@pytest.mark.parametrize(("entry", "message"), CRAFTED, ids=range(len(CRAFTED)))
+def test_crafted_files_are_refused_before_allocating(tmp_path, monkeypatch, entry, message) -> None:
+    import regtorch._untrusted as untrusted
+
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 20 * 10**9)  # the same on every machine
+    path = tmp_path / "crafted.rts"
+    torch.save({"format": "regtorch.sparse", "version": 1, "tensors": {"w": entry}}, path)
+    zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: pytest.fail("allocated") if a and a[0] > 10**6 else zeros(*a, **k))
+    with pytest.raises(ValueError, match=message):
+        load_sparse(path)
+
+
+class _Code:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"The file '.*' is empty or truncated$"),
+        (b"not a torch file", r"is damaged or not a torch file \(.*\)$"),
+        ("code", r"holds objects other than tensors.*\(it refers to (posix|os)\.system\); regtorch does not load"),
+        ("no-tensors", r"holds no mapping of tensor names to entries"),
+    ],
+)
+def test_damaged_files_are_one_clear_error(tmp_path, content, message) -> None:
+    path = tmp_path / "bad.rts"
+    if content == "code":
+        torch.save({"format": "regtorch.sparse", "version": 1, "tensors": {"w": _Code()}}, path)
+    elif content == "no-tensors":
+        torch.save({"format": "regtorch.sparse", "version": 1, "tensors": [1, 2]}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_sparse(path)
+    assert "weights_only" not in str(caught.value)

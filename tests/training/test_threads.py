@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from torch import nn
 
@@ -40,3 +42,21 @@ def test_torchrun_processes_share_the_cores(monkeypatch):
     assert choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28)) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28)) == 1
+
+
+def test_threads_are_bounded_by_four_times_the_cores(monkeypatch):
+    from regtorch.training import UsageError
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    TrainConfig(threads=8).validate()
+    with pytest.raises(UsageError, match=r"--threads must be <= 8 \(4 x the 2 CPU cores here\); got 100000"):
+        TrainConfig(threads=100_000).validate()
+
+
+def test_local_world_size_must_be_a_positive_integer(monkeypatch):
+    from regtorch.training import UsageError
+
+    for bad in ("abc", "0", "-2", "1.5"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", bad)
+        with pytest.raises(UsageError, match=rf"LOCAL_WORLD_SIZE must be an integer >= 1; got '{re.escape(bad)}'"):
+            choose_threads(TrainConfig(batch_size=4096), _mnist_mlp(), (1, 28, 28))

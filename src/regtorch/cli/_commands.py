@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from regtorch.cli._parser import CONFIG_OPTIONS
 from regtorch.training._config import TrainConfig
+from regtorch.training._distributed import launched_by_torchrun
 from regtorch.training._errors import RunFailed, UsageError
 from regtorch.training._metrics import clean_json
 from regtorch.training._progress import Reporter
 
-__all__ = ["COMMANDS", "COMPARE_DEFAULTS", "PATH_DEFAULTS"]
+__all__ = ["COMMANDS", "COMPARE_DEFAULTS", "PATH_DEFAULTS", "sigterm_raises", "stop_advice"]
 
 #: Defaults of ``regtorch compare`` that differ from ``train``'s: plain SGD, where a strength
 #: means the same in loss and prox modes, long enough for the penalties to act on digits.
@@ -32,8 +36,30 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_resume(args: argparse.Namespace) -> None:
+    """Refuse ``--resume`` without ``--out``; name the default run folder now (messages use it)."""
     if getattr(args, "resume", False) and args.out is None:
         raise UsageError("--resume needs --out RUN_DIR: the folder of the run to continue")
+    if args.out is None and not launched_by_torchrun():
+        from regtorch.training._rundir import default_out_dir
+
+        args.out = str(default_out_dir(args.command))
+
+
+def stop_advice(args: argparse.Namespace | None) -> str:
+    """What to do after an interrupted command: ``"; continue with: regtorch ... --resume ..."``."""
+    out = getattr(args, "out", None)
+    if args is None or args.command == "report" or out is None:
+        return ""
+    folder, command = Path(out), args.command
+    again = f"regtorch {command} --resume --out {shlex.quote(str(folder))}"
+    if (folder / "checkpoint.pt").is_file() or (command != "train" and (folder / "config.json").is_file()):
+        return f"; what was completed is saved in '{folder}': continue with: {again}"
+    if (folder / "config.json").is_file():
+        return (
+            f"; no epoch was completed, so '{folder}' has nothing to resume: run the same command "
+            "again with --overwrite"
+        )
+    return f"; nothing was written to '{folder}'"
 
 
 def _reporter(args: argparse.Namespace) -> Reporter:
@@ -53,7 +79,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.validate()
     if not args.resume:
         cfg.check_unused_strengths()
-    from regtorch.training._distributed import launched_by_torchrun
     from regtorch.training._run import run_train
 
     if not launched_by_torchrun():
@@ -77,6 +102,7 @@ def _train_kwargs(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, 
         "plots": not args.no_plots,
         "shrink": args.shrink,
         "tensorboard": args.tensorboard,
+        "require_checkpoint": True,
     }
 
 
@@ -95,26 +121,25 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
                 f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
                 f"{ctx.world} processes; use a multiple of {ctx.world}"
             )
-        out = args.out
-        if out is None:
-            out = ctx.broadcast(str(default_out_dir("train")) if ctx.is_main else None)
+        if args.out is None:
+            args.out = ctx.broadcast(str(default_out_dir("train")) if ctx.is_main else None)
         kwargs = _train_kwargs(args, given)
         if not ctx.is_main:
             kwargs["reporter"] = SilentReporter()
-        stopped = (
-            f"rank {ctx.rank}: stopped by torchrun (SIGTERM): another process of the launch died or "
-            f"a collective failed; completed epochs are in the checkpoint: continue with --resume "
-            f"--out {out}"
-        )
+        def stopped() -> RunFailed:
+            return RunFailed(
+                f"rank {ctx.rank}: stopped by torchrun (SIGTERM): another process of the launch died "
+                f"or a collective failed{stop_advice(args)}"
+            )
+
         try:
-            with _sigterm_raises(RunFailed(stopped)):
-                summary = run_train(cfg, out, dist_ctx=ctx, **kwargs)
+            with sigterm_raises(stopped):
+                summary = run_train(cfg, args.out, dist_ctx=ctx, **kwargs)
         except RuntimeError as exc:  # a collective failed: a rank died or timed out
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunFailed(
                 f"rank {ctx.rank}: a collective failed ({first[:300]}); another process of the "
-                f"launch died or stopped answering (timeout {TIMEOUT_S}s); completed epochs are in "
-                f"the checkpoint: continue with --resume --out {out}"
+                f"launch died or stopped answering (timeout {TIMEOUT_S}s){stop_advice(args)}"
             ) from exc
         if ctx.is_main:
             _emit_json(args, summary)
@@ -125,15 +150,20 @@ def _train_distributed(args: argparse.Namespace, cfg: TrainConfig, given: dict[s
 
 
 @contextlib.contextmanager
-def _sigterm_raises(error: Exception) -> Iterator[None]:
-    """Turn SIGTERM into ``error`` while the block runs (then restore the previous handler).
+def sigterm_raises(make_error: Callable[[], BaseException]) -> Iterator[None]:
+    """Raise ``make_error()`` on SIGTERM while the block runs (then restore the previous handler).
 
-    torchrun stops the other ranks with SIGTERM as soon as one fails; a rank that gets it before
-    its own collective fails then still ends with one readable line instead of dying silently.
+    The command line turns SIGTERM into an interrupt (the run ends like Ctrl-C, with one line);
+    under torchrun, which stops the other ranks with SIGTERM as soon as one fails, a rank that
+    gets it before its own collective fails still ends with one readable line. Outside the main
+    thread (where signal handlers cannot be set) nothing changes.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum: int, frame: Any) -> None:
-        raise error
+        raise make_error()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -205,7 +235,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``regtorch report RUN_DIR``: redraw and summarize."""
     from regtorch.training._report import run_report
 
-    result = run_report(args.run_dir, reporter=_reporter(args), plots=not args.no_plots)
+    result = run_report(
+        args.run_dir, reporter=_reporter(args), plots=not args.no_plots, plots_dir=args.plots_dir
+    )
     _emit_json(args, result)
     return 0
 

@@ -460,4 +460,9 @@ def build_parser() -> Parser:
     report.add_argument("--quiet", action="store_true", help="print only the result")
     report.add_argument("--json", action="store_true", help="print the summary JSON on stdout")
     report.add_argument("--no-plots", action="store_true", help="do not redraw the plots")
+    report.add_argument(
+        "--plots-dir",
+        metavar="DIR",
+        help="draw the plots into DIR instead of RUN_DIR (for a run folder you cannot write to)",
+    )
     return parser

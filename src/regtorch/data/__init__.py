@@ -12,10 +12,11 @@ Every user-facing data problem raises :class:`DataError` (a :class:`ValueError`)
 from __future__ import annotations
 
 from ._batches import iterate_batches
-from ._datasets import DATASET_NAMES, Dataset, load_dataset
+from ._dataset import Dataset
 from ._download import default_data_dir, download
 from ._errors import DataError
 from ._idx import read_idx, write_idx
+from ._load import DATASET_NAMES, load_dataset
 
 __all__ = [
     "DATASET_NAMES",

@@ -22,6 +22,7 @@ files ``0x00000803`` (unsigned bytes, three dimensions).
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
@@ -29,6 +30,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from regtorch._untrusted import check_fits_in_memory
 
 from ._errors import DataError
 
@@ -59,8 +62,8 @@ _KIND_SIZE_TO_CODE: dict[tuple[str, int], int] = {
 _MNIST_MAGIC_HINT = "expected 0x00000801 for labels or 0x00000803 for images"
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the decompressed content of ``path``.
+def _read_bytes(path: Path) -> tuple[bytes, bool]:
+    """Return the decompressed content of ``path`` and whether it was decompressed.
 
     A file whose name ends in ``.gz`` must be gzip-compressed; any other file is read as is,
     unless it starts with the gzip magic bytes, in which case it is decompressed too.
@@ -75,18 +78,49 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"IDX file '{path}' could not be read: {exc.strerror or exc}.") from exc
     is_gz_name = path.name.lower().endswith(".gz")
     if not is_gz_name and not raw.startswith(_GZIP_MAGIC):
-        return raw
+        return raw, False
     if not raw.startswith(_GZIP_MAGIC):
         raise DataError(
             f"IDX file '{path}' is not a valid gzip file: expected the gzip magic bytes "
             f"1f 8b at the start, found {raw[:2].hex(' ') or 'an empty file'}."
         )
     try:
-        return gzip.decompress(raw)
+        return _gunzip_bounded(raw, path), True
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
             f"IDX file '{path}' is not a valid gzip file (it is corrupt or truncated): {exc}."
         ) from exc
+
+
+def _declared_size(header: bytes) -> int | None:
+    """The file size an IDX header announces (None if the header is incomplete or invalid)."""
+    if len(header) < 4 or header[2] not in _CODE_TO_DTYPE or header[3] == 0:
+        return None
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return None
+    shape = struct.unpack(f">{ndim}I", header[4 : 4 + 4 * ndim])
+    return 4 + 4 * ndim + math.prod(shape) * _CODE_TO_DTYPE[header[2]].itemsize
+
+
+def _gunzip_bounded(raw: bytes, path: Path) -> bytes:
+    """Decompress ``raw`` no further than one byte past the size its IDX header announces.
+
+    A file that decompresses to more (a gzip bomb) is cut there and reported as having trailing
+    bytes ("found more than"); a header announcing more than the memory available is refused
+    before decompressing.
+    """
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+        head = stream.read(4)
+        head += stream.read(4 * head[3]) if len(head) == 4 else b""
+        size = _declared_size(head)
+        if size is None:
+            return head
+        try:
+            check_fits_in_memory(2 * size, f"IDX file '{path}' declares {size:,} bytes of data that")
+        except ValueError as exc:
+            raise DataError(f"{exc}.") from None
+        return head + stream.read(size - len(head) + 1)
 
 
 def _magic_hint(expected_ndim: int | None) -> str:
@@ -121,7 +155,7 @@ def read_idx(path: str | os.PathLike[str], *, expected_ndim: int | None = None) 
             found.
     """
     p = Path(path)
-    data = _read_bytes(p)
+    data, decompressed = _read_bytes(p)
     if len(data) < 4:
         raise DataError(
             f"IDX file '{p}' is truncated: expected at least a 4-byte header, "
@@ -151,9 +185,10 @@ def read_idx(path: str | os.PathLike[str], *, expected_ndim: int | None = None) 
     expected_size = header_size + math.prod(shape) * dtype.itemsize
     if len(data) != expected_size:
         problem = "is truncated" if len(data) < expected_size else "has trailing bytes"
+        found = f"more than {expected_size}" if decompressed else str(len(data))  # decompression stops
         raise DataError(
             f"IDX file '{p}' {problem}: expected {expected_size} bytes of data for shape "
-            f"{tuple(shape)}, found {len(data)}."
+            f"{tuple(shape)}, found {found}."
         )
     array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
     # A copy in native byte order: writable, and independent of the decompressed buffer.

@@ -26,6 +26,7 @@ trip bitwise exact such entries also get ``"negative_zeros": {"indices": i}`` (o
 from __future__ import annotations
 
 import io
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regtorch._untrusted import check_fits_in_memory, load_weights_only
 from regtorch.regularizer._selection import unwrap_model
 
 __all__ = ["SparseSaveInfo", "load_sparse", "save_sparse"]
@@ -43,6 +45,8 @@ FORMAT = "regtorch.sparse"
 VERSION = 1
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_POPCOUNT = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.int64)
+_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 @dataclass(frozen=True)
@@ -155,19 +159,74 @@ def _encode(tensor: torch.Tensor) -> dict[str, Any]:
     return entry
 
 
-def _decode(name: str, entry: Any, path: str) -> torch.Tensor:
+def _positions_problem(positions: Any, numel: int, count: int | None) -> str | None:
+    """What is wrong with stored ``{"indices": i}`` or ``{"mask": m}`` positions (None: fine).
+
+    ``count``: how many positions must be set (the number of stored values), if known.
+    """
+    if not isinstance(positions, dict):
+        return "positions that are not a dict"
+    if "indices" in positions:
+        indices = positions["indices"]
+        if not isinstance(indices, torch.Tensor) or indices.ndim != 1 or indices.dtype not in _INDEX_DTYPES:
+            return "indices that are not a 1-D int32/int64 tensor"
+        if count is not None and indices.numel() != count:
+            return f"{indices.numel()} indices for {count} values"
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel):
+            return f"indices outside [0, {numel})"
+        return None
+    mask = positions.get("mask")
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 1 or mask.dtype != torch.uint8:
+        return "a mask that is not a 1-D uint8 tensor"
+    if mask.numel() != -(-numel // 8):
+        return f"a mask of {mask.numel()} bytes for {numel} entries (expected {-(-numel // 8)})"
+    if numel % 8 and int(mask[-1]) >> (numel % 8):
+        return "mask bits set beyond the last entry"
+    if count is not None and int(_POPCOUNT[mask.to(torch.int64)].sum()) != count:
+        return f"a mask whose set bits do not number the {count} stored values"
+    return None
+
+
+def _entry_bytes(name: str, entry: Any, path: str) -> int:
+    """Check one stored entry against itself; return the bytes its dense tensor will take.
+
+    Raises:
+        ValueError: Naming the tensor and what does not match.
+    """
     kind = entry.get("kind") if isinstance(entry, dict) else None
     if kind == "dense":
-        return entry["tensor"]
+        if not isinstance(entry.get("tensor"), torch.Tensor):
+            raise ValueError(f"{path!r} stores {name!r} as dense without a tensor; the file is damaged.")
+        return 0
     if kind not in ("indices", "bitmask"):
         raise ValueError(f"{path!r} holds an unknown entry for {name!r}; is it from save_sparse?")
-    dtype = getattr(torch, entry["dtype"], None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"{path!r} stores {name!r} with the unknown dtype {entry['dtype']!r}.")
+    dtype = getattr(torch, entry["dtype"], None) if isinstance(entry.get("dtype"), str) else None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{path!r} stores {name!r} with the unknown dtype {entry.get('dtype')!r}.")
+    shape = entry.get("shape")
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ValueError(f"{path!r} stores {name!r} with the shape {shape!r}; expected sizes >= 0.")
+    numel = math.prod(shape)
+    values = entry.get("values")
+    if not isinstance(values, torch.Tensor) or values.ndim != 1 or values.dtype != dtype:
+        raise ValueError(f"{path!r} stores the values of {name!r} as something else than a 1-D {dtype}.")
+    positions = {k: entry[k] for k in ("indices", "mask") if k in entry}
+    problem = _positions_problem(positions, numel, values.numel())
+    if problem is None and "negative_zeros" in entry:
+        problem = _positions_problem(entry["negative_zeros"], numel, None)
+    if problem is not None:
+        raise ValueError(f"{path!r} stores {name!r} (shape {list(shape)}) with {problem}; it is damaged.")
+    return numel * values.element_size()
+
+
+def _decode(entry: dict[str, Any]) -> torch.Tensor:
+    if entry["kind"] == "dense":
+        return entry["tensor"]
+    dtype = getattr(torch, entry["dtype"])
     shape, values = entry["shape"], entry["values"]
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     view = _INT_VIEW[values.element_size()]
     flat = torch.zeros(numel, dtype=view, device=values.device)
     flat[_where(entry, numel)] = values.contiguous().view(view)
@@ -259,9 +318,15 @@ def load_sparse(
     Returns:
         The state dict, in the saved order, with the saved shapes and dtypes.
 
+    Every stored entry is checked against itself before any tensor is rebuilt: shape, dtype,
+    number of values, indices within the shape, mask length and set bits; and the tensors
+    together must fit in the memory available.
+
     Raises:
         TypeError: If ``path`` is not a str or path-like.
-        ValueError: If the file was not written by :func:`save_sparse`.
+        ValueError: If the file was not written by :func:`save_sparse`, is damaged or crafted
+            (the message names the tensor and what does not match), holds objects other than
+            tensors and plain containers, or declares more than the memory available.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
@@ -269,7 +334,7 @@ def load_sparse(
             f"{type(path).__name__}."
         )
     path = os.fspath(path)
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = load_weights_only(path, f"The file {path!r}", map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"The 'path' argument of load_sparse must name a file written by save_sparse; "
@@ -280,4 +345,9 @@ def load_sparse(
             f"{path!r} uses version {payload.get('version')!r} of the save_sparse format; this "
             f"regtorch reads version {VERSION}."
         )
-    return {name: _decode(name, entry, path) for name, entry in payload["tensors"].items()}
+    tensors = payload.get("tensors")
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
+        raise ValueError(f"{path!r} holds no mapping of tensor names to entries; the file is damaged.")
+    total = sum(_entry_bytes(name, entry, path) for name, entry in tensors.items())
+    check_fits_in_memory(total, f"{path!r} declares sparse tensors that")
+    return {name: _decode(entry) for name, entry in tensors.items()}

@@ -209,7 +209,10 @@ def choose_threads(cfg: TrainConfig, model: nn.Module, input_shape: Sequence[int
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip() or "1"
+    if not local.isdigit() or int(local) < 1:
+        raise UsageError(f"the environment variable LOCAL_WORLD_SIZE must be an integer >= 1; got {local!r}")
+    local_processes = int(local)
     cores = max(1, cores // max(1, local_processes))
     if cores == 1 or step_flops(model, input_shape, cfg.batch_size) < _SMALL_STEP_FLOPS:
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,10 +204,11 @@ class TrainConfig:
         _integer("--batch-size", self.batch_size, low=1)
         _integer("--epochs", self.epochs, low=1)
         _integer("--step-size", self.step_size, low=1)
-        _integer("--seed", self.seed, low=0)
+        _integer("--seed", self.seed, low=0, high=2**64 - 1)
         _integer("--limit", self.limit, low=1)
         _integer("--log-every", self.log_every, low=0)
-        _integer("--threads", self.threads, low=1)
+        cores = os.cpu_count() or 1
+        _integer("--threads", self.threads, low=1, high=4 * cores, why=f" (4 x the {cores} CPU cores here)")
         if self.hidden is not None:
             if not self.hidden:
                 raise UsageError("--hidden must list at least one layer size, e.g. 64,32")
@@ -277,10 +279,12 @@ def _number(
         raise UsageError(f"{option} must be {'<' if high_open else '<='} {high:g}; got {value!r}")
 
 
-def _integer(option: str, value: object, *, low: int) -> None:
+def _integer(option: str, value: object, *, low: int, high: int | None = None, why: str = "") -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"{option} must be an integer; got {value!r}")
     if value < low:
         raise UsageError(f"{option} must be >= {low}; got {value!r}")
+    if high is not None and value > high:
+        raise UsageError(f"{option} must be <= {high}{why}; got {value!r}")

@@ -12,9 +12,6 @@ as it is (not divided): every rank gets the same penalty gradient and the averag
 Only rank 0 prints, logs, plots and writes files; statistics and evaluations run on every rank
 (they are collectives under FSDP2). Collectives time out after :data:`TIMEOUT_S` seconds, so a
 rank that dies ends the others with an error instead of a hang.
-
-Test hook: ``REGTORCH_TEST_DIE=RANK:STEPS`` makes rank ``RANK`` call ``os._exit(1)`` after
-``STEPS`` optimizer steps (used by the tests to check that a dead rank ends the run).
 """
 
 from __future__ import annotations
@@ -115,7 +112,15 @@ def init_distributed(device_name: str, fsdp: bool) -> DistContext:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"WORLD_SIZE and RANK are set, so this runs as one process of a torchrun launch, but "
+                f"the process group does not start ({first}); launch with 'torchrun --nproc-per-node "
+                "N -m regtorch train ...', or unset WORLD_SIZE and RANK"
+            ) from exc
     global _joined
     _joined = True
     return DistContext(rank, world, local_rank, device, fsdp)
@@ -153,14 +158,6 @@ class SilentReporter(Reporter):
         """Say nothing (rank 0 warns)."""
 
 
-def _die_hook(rank: int) -> int | None:
-    spec = os.environ.get("REGTORCH_TEST_DIE", "")
-    if not spec:
-        return None
-    who, _, steps = spec.partition(":")
-    return int(steps or 1) if int(who) == rank else None
-
-
 class DistTrainer(Trainer):
     """A :class:`Trainer` whose ranks share each global batch (see the module docstring)."""
 
@@ -170,7 +167,6 @@ class DistTrainer(Trainer):
         if self.step_fn == self.train_step:  # bound methods compare equal, not identical
             self.step_fn = self.dist_step
         self._global_n = 1
-        self._die_after = _die_hook(dist_ctx.rank)
 
     def _batches(self):
         rank, world = self.ctx.rank, self.ctx.world
@@ -188,6 +184,4 @@ class DistTrainer(Trainer):
         self.optimizer.step()
         value = loss.detach() / self.ctx.world
         dist.all_reduce(value)  # the global mean, for the log lines and the NaN check
-        if self._die_after is not None and self.state.step + 1 >= self._die_after:
-            os._exit(1)  # test hook: REGTORCH_TEST_DIE
         return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RunError", "RunFailed", "UsageError"]
+__all__ = ["RunError", "RunFailed", "Terminated", "UsageError"]
 
 
 class RunError(Exception):
@@ -28,3 +28,8 @@ class RunFailed(RunError):
     """
 
     status = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it ends like an interrupt (Ctrl-C): the
+    last checkpoint kept, the run folder released, one line on stderr (exit status 143)."""

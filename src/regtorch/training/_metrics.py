@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 import regtorch
+from regtorch.training._files import open_append, read_regular_bytes
 from regtorch.training._parts import part_keys
 
 __all__ = [
@@ -65,8 +66,21 @@ def metric_columns() -> tuple[str, ...]:
     return (*METRIC_COLUMNS[:at], *part_keys(), *METRIC_COLUMNS[at:])
 
 
+def is_metrics_header(columns: Sequence[str]) -> bool:
+    """Whether ``columns`` is a ``metrics.csv`` header: :data:`METRIC_COLUMNS` with part keys
+    (lower-case names) after ``penalty`` — the registry of the run that wrote it may differ."""
+    at = METRIC_COLUMNS.index("penalty") + 1
+    parts = list(columns[at : len(columns) - (len(METRIC_COLUMNS) - at)])
+    rebuilt = (*METRIC_COLUMNS[:at], *parts, *METRIC_COLUMNS[at:])
+    known = all(p.isidentifier() and p == p.lower() and p not in METRIC_COLUMNS for p in parts)
+    return tuple(columns) == rebuilt and known
+
+
 class MetricsWriter:
     """Appends rows to ``metrics.jsonl`` and ``metrics.csv``; knows their sizes for resuming.
+
+    The files are opened without following symbolic links (a link planted in the run folder is
+    refused, never written through).
 
     Args:
         run_dir: The run folder.
@@ -75,17 +89,25 @@ class MetricsWriter:
     def __init__(self, run_dir: Path) -> None:
         self.jsonl_path = run_dir / "metrics.jsonl"
         self.csv_path = run_dir / "metrics.csv"
+        self.columns = metric_columns()
+        """The columns rows are written in: a resumed file keeps its own header's."""
 
     def reset(self, offsets: dict[str, int] | None = None) -> None:
         """Truncate both files to ``offsets`` (from :meth:`offsets`), or empty them."""
         offsets = offsets or {}
         for key, path in (("jsonl", self.jsonl_path), ("csv", self.csv_path)):
             size = int(offsets.get(key, 0))
-            with path.open("a+b") as f:
+            with open_append(path, text=False) as f:
                 f.truncate(size)
         if self.csv_path.stat().st_size == 0:
-            with self.csv_path.open("w", newline="") as f:
-                csv.writer(f).writerow(metric_columns())
+            self.columns = metric_columns()
+            with open_append(self.csv_path) as f:
+                csv.writer(f).writerow(self.columns)
+        else:
+            first = read_regular_bytes(self.csv_path).split(b"\n", 1)[0]
+            header = first.decode("utf-8", errors="replace").rstrip("\r").split(",")
+            if is_metrics_header(header):
+                self.columns = tuple(header)
 
     def offsets(self) -> dict[str, int]:
         """Return the current size in bytes of each file."""
@@ -97,11 +119,11 @@ class MetricsWriter:
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (keys from :func:`metric_columns`)."""
         row = clean_json(row)
-        with self.jsonl_path.open("a") as f:
+        with open_append(self.jsonl_path) as f:
             f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
         buffer = io.StringIO()
-        csv.writer(buffer).writerow(["" if row.get(c) is None else row[c] for c in metric_columns()])
-        with self.csv_path.open("a", newline="") as f:
+        csv.writer(buffer).writerow(["" if row.get(c) is None else row[c] for c in self.columns])
+        with open_append(self.csv_path) as f:
             f.write(buffer.getvalue())
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +12,21 @@ from torch import nn
 
 import regtorch
 from regtorch.data import Dataset
-from regtorch.training._checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-    write_json,
-)
+from regtorch.training._checkpoint import capture_rng, save_checkpoint, write_json
 from regtorch.training._config import TrainConfig
 from regtorch.training._errors import UsageError
-from regtorch.training._loop import Callback, Trainer, evaluate
-from regtorch.training._metrics import (
-    MetricsWriter,
-    format_layer_table,
-    layer_rows,
-    read_metrics,
-    weight_sparsity,
-)
-from regtorch.training._parts import PenaltyParts
+from regtorch.training._files import describe_os_error
+from regtorch.training._loop import Callback, Trainer
+from regtorch.training._metrics import MetricsWriter, format_layer_table, read_metrics
 from regtorch.training._progress import Reporter
+from regtorch.training._resume import (
+    complete_summary,
+    fsdp_options,
+    read_resume_state,
+    restore,
+    resume_config,
+    saved_config,
+)
 from regtorch.training._rundir import (
     check_out_dir,
     default_out_dir,
@@ -39,125 +34,11 @@ from regtorch.training._rundir import (
     read_json,
     write_run_config,
 )
+from regtorch.training._runlock import release_run_dir
 from regtorch.training._session import Session, build_session, warn_if_dominant
+from regtorch.training._summary import result_line, summarize
 
-__all__ = ["auto_log_every", "result_line", "run_train", "summarize"]
-
-#: Options a resumed run may change; any other must match the run's config.json.
-RESUME_MAY_CHANGE = frozenset({"epochs", "log_every", "data_dir", "download", "label"})
-
-
-def _resume_config(
-    given: TrainConfig, saved: TrainConfig, explicit: Collection[str] | None, where: Path
-) -> TrainConfig:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    explicit = names if explicit is None else explicit
-    given_resolved = given.resolved()
-    changes = {}
-    for name in explicit:
-        if name in RESUME_MAY_CHANGE:
-            changes[name] = getattr(given, name)
-        elif getattr(given_resolved, name) != getattr(saved, name):
-            raise UsageError(
-                f"--{name.replace('_', '-')} {getattr(given_resolved, name)!r} differs from the "
-                f"run's configuration in '{where}' ({getattr(saved, name)!r}); a resumed run keeps "
-                f"its configuration (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
-            )
-    return saved.replace(**changes).resolved()
-
-
-def summarize(
-    session: Session, trainer: Trainer, *, wall_time_s: float, status: str = "completed"
-) -> dict[str, Any]:
-    """Evaluate the final model on every split and return the ``summary.json`` content."""
-    data, model, cfg = session.data, session.model, session.cfg
-    train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
-    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
-    val_loss = val_acc = None
-    if data.x_val is not None and data.n_val:
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
-    parts = PenaltyParts(session.regularizer).values()
-    penalty = float(sum(parts.values()))
-    stats = weight_sparsity(model)
-    reg = session.regularizer
-    state = trainer.state
-    return {
-        "status": status,
-        "label": cfg.label or cfg.penalty,
-        "dataset": data.name,
-        "n_train": data.n_train,
-        "n_val": data.n_val,
-        "n_test": data.n_test,
-        "model": cfg.model,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "shrunk_parameters": _shrunk_parameters(model, data.x_test),
-        "penalty_name": _penalty_name(reg),
-        "mode": None if reg is None else reg.mode,
-        "epochs": state.epoch,
-        "steps": state.step,
-        "train_accuracy": train_acc,
-        "val_accuracy": val_acc,
-        "test_accuracy": test_acc,
-        "generalization_gap": train_acc - test_acc,
-        "train_loss": train_loss,
-        "val_loss": val_loss,
-        "test_loss": test_loss,
-        "data_loss": train_loss,
-        "penalty": penalty,
-        "penalty_parts": parts,
-        "objective": train_loss + penalty,
-        "zero_fraction": stats.zero_fraction,
-        "zeros": stats.zeros,
-        "weights": stats.numel,
-        "zero_neurons": stats.zero_groups,
-        "neurons": stats.groups,
-        "weight_l1": stats.l1_norm,
-        "weight_l2": stats.l2_norm,
-        "layers": layer_rows(stats),
-        "threads": session.threads,
-        "timing": {
-            "wall_time_s": wall_time_s,
-            "train_time_s": state.train_time_s,
-            "samples_per_s": state.samples / state.train_time_s if state.train_time_s else None,
-        },
-    }
-
-
-def _penalty_name(reg: regtorch.Regularizer | None) -> str:
-    if reg is None:
-        return "none"
-    rules = reg.rules
-    if len(rules) == 1:
-        return repr(reg.penalties[0])
-    return " + ".join(
-        f"{r.selection if isinstance(r.selection, str) else 'other weights'}: {r.penalty!r}" for r in rules
-    )
-
-
-def _shrunk_parameters(model: nn.Module, x: torch.Tensor) -> int | None:
-    """What ``--shrink`` would leave (None under FSDP2, where parameters are shards)."""
-    if any(hasattr(p, "full_tensor") for p in model.parameters()) or not len(x):
-        return None
-    from regtorch.training._sparse import shrunk_parameters
-
-    return shrunk_parameters(model, x[:1])
-
-
-def result_line(summary: dict[str, Any], out: Path) -> str:
-    """Return the one-line result of a run."""
-    return (
-        f"test accuracy {summary['test_accuracy']:.2%} (train {summary['train_accuracy']:.2%}) | "
-        f"data loss {summary['data_loss']:.4f} | penalty {summary['penalty']:.4g} | "
-        f"zero weights {summary['zero_fraction']:.1%} | zero neurons "
-        f"{summary['zero_neurons']}/{summary['neurons']} | "
-        f"{summary['timing']['wall_time_s']:.1f}s | {out}"
-    )
-
-
-def _fsdp_options(**kwargs: Any) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kwargs)
+__all__ = ["auto_log_every", "run_train"]
 
 
 def _model_optimizer_state(session: Session, dist_ctx: Any) -> tuple[dict, dict]:
@@ -168,7 +49,7 @@ def _model_optimizer_state(session: Session, dist_ctx: Any) -> tuple[dict, dict]
             get_optimizer_state_dict,
         )
 
-        options = _fsdp_options(cpu_offload=True)
+        options = fsdp_options(cpu_offload=True)
         return (
             get_model_state_dict(session.model, options=options),
             get_optimizer_state_dict(session.model, session.optimizer, options=options),
@@ -176,17 +57,19 @@ def _model_optimizer_state(session: Session, dist_ctx: Any) -> tuple[dict, dict]
     return session.model.state_dict(), session.optimizer.state_dict()
 
 
-def _by_name(optimizer_state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """Key an ``optimizer.state_dict()`` (parameters numbered, as a single process or DDP saves
-    it) by parameter names, as FSDP2's ``set_optimizer_state_dict`` expects; others unchanged."""
-    groups = optimizer_state.get("param_groups", [])
-    if not groups or not all(isinstance(i, int) for g in groups for i in g["params"]):
-        return optimizer_state
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    return {
-        "state": {names[int(i)]: v for i, v in optimizer_state.get("state", {}).items()},
-        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups],
-    }
+def _metrics_row(writer: MetricsWriter, out: Path) -> Callable[[dict[str, Any]], None]:
+    """``writer.write``, with a failed write (a full disk) as one line naming the run."""
+
+    def write(row: dict[str, Any]) -> None:
+        try:
+            writer.write(row)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the metrics of '{out}': {describe_os_error(exc)}; completed epochs are "
+                "in the checkpoint: make room, then continue the run with --resume"
+            ) from exc
+
+    return write
 
 
 def _checkpoint_writer(
@@ -197,54 +80,32 @@ def _checkpoint_writer(
         if dist_ctx is not None and not dist_ctx.is_main:
             dist_ctx.barrier()
             return
-        save_checkpoint(
-            out / "checkpoint.pt",
-            {
-                "epoch": trainer.state.epoch,
-                "step": trainer.state.step,
-                "train_time_s": trainer.state.train_time_s,
-                "samples": trainer.state.samples,
-                "wall_time_s": wall[0] + time.perf_counter() - wall[1],
-                "model": model_state,
-                "optimizer": optimizer_state,
-                "regularizer": None if session.regularizer is None else session.regularizer.state_dict(),
-                "scheduler": None if session.scheduler is None else session.scheduler.state_dict(),
-                "rng": capture_rng(session.generator),
-                "metrics_offsets": writer.offsets(),
-                "history": trainer.history,
-                "config": session.cfg.to_dict(),
-            },
-        )
+        state = {
+            "epoch": trainer.state.epoch,
+            "step": trainer.state.step,
+            "train_time_s": trainer.state.train_time_s,
+            "samples": trainer.state.samples,
+            "wall_time_s": wall[0] + time.perf_counter() - wall[1],
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "regularizer": None if session.regularizer is None else session.regularizer.state_dict(),
+            "scheduler": None if session.scheduler is None else session.scheduler.state_dict(),
+            "rng": capture_rng(session.generator),
+            "metrics_offsets": writer.offsets(),
+            "history": trainer.history,
+            "config": session.cfg.to_dict(),
+        }
+        try:
+            save_checkpoint(out / "checkpoint.pt", state)
+        except UsageError as exc:
+            raise UsageError(
+                f"{exc}; completed epochs are in that checkpoint: make room, then continue the run "
+                "with --resume"
+            ) from exc
         if dist_ctx is not None:
             dist_ctx.barrier()
 
     return write
-
-
-def _restore(session: Session, trainer: Trainer, state: dict[str, Any], dist_ctx: Any = None) -> None:
-    if dist_ctx is not None and dist_ctx.fsdp:
-        from torch.distributed.checkpoint.state_dict import (
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        options = _fsdp_options(broadcast_from_rank0=True)
-        set_model_state_dict(session.model, state["model"], options=options)
-        optimizer_state = _by_name(state["optimizer"], session.model)
-        set_optimizer_state_dict(session.model, session.optimizer, optimizer_state, options=options)
-    else:
-        session.model.load_state_dict(state["model"])
-        session.optimizer.load_state_dict(state["optimizer"])
-    if session.regularizer is not None and state.get("regularizer") is not None:
-        session.regularizer.load_state_dict(state["regularizer"])
-    if session.scheduler is not None and state.get("scheduler") is not None:
-        session.scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state["rng"], session.generator)
-    trainer.state.epoch = int(state["epoch"])
-    trainer.state.step = int(state["step"])
-    trainer.state.train_time_s = float(state["train_time_s"])
-    trainer.state.samples = int(state["samples"])
-    trainer.history = list(state["history"])
 
 
 def auto_log_every(steps_per_epoch: int) -> int:
@@ -260,33 +121,29 @@ def auto_log_every(steps_per_epoch: int) -> int:
 
 def _prepare(
     config: TrainConfig,
-    out_dir: Path | str | None,
+    out: Path,
     resume: bool,
     overwrite: bool,
     explicit: Collection[str] | None,
     reporter: Reporter,
+    require_checkpoint: bool,
 ) -> tuple:
-    """Check the run folder and read a checkpoint to resume: ``("run", kind, out, cfg, state)``,
-    or ``("done", summary)`` for a run that is already complete."""
-    out = Path(out_dir) if out_dir is not None else default_out_dir("train")
+    """Claim and check the run folder and read a checkpoint to resume: ``("run", kind, out,
+    cfg, state)``, or ``("done", summary)`` for a run that is already complete."""
     kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="train")
     cfg = config.resolved()
     checkpoint_state = None
+    if kind == "new" and resume and require_checkpoint:
+        raise UsageError(f"--resume: '{out}' holds no run to resume; start one without --resume")
     if kind == "resume":
-        saved = read_json(out / "config.json").get("config")
-        if not isinstance(saved, dict):
-            raise UsageError(f"'{out / 'config.json'}' holds no training configuration")
-        cfg = _resume_config(config, TrainConfig.from_dict(saved), explicit, out / "config.json")
-        summary_path = out / "summary.json"
-        if summary_path.exists():
-            summary = read_json(summary_path)
-            total = cfg.epochs + cfg.finetune_epochs
-            if summary.get("epochs") == total and summary.get("status") == "completed":
-                reporter.result(f"the run in '{out}' is already complete")
-                reporter.result(result_line(summary, out))
-                return ("done", summary)
-        if (out / "checkpoint.pt").exists():
-            checkpoint_state = load_checkpoint(out / "checkpoint.pt")
+        where = out / "config.json"
+        cfg = resume_config(config, saved_config(read_json(where).get("config"), where), explicit, where)
+        summary = complete_summary(out, cfg.epochs + cfg.finetune_epochs)
+        if summary is not None:
+            reporter.result(f"the run in '{out}' is already complete")
+            reporter.result(result_line(summary, out))
+            return ("done", summary)
+        checkpoint_state = read_resume_state(out, cfg, require_checkpoint)
     return ("run", kind, out, cfg, checkpoint_state)
 
 
@@ -304,14 +161,21 @@ def run_train(
     dist_ctx: Any = None,
     shrink: bool = False,
     tensorboard: bool = False,
+    require_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Train one configuration into a run folder and return its summary.
+
+    The folder is claimed for this process while the run lasts (another process writing into
+    it is refused); with ``overwrite`` the old run is kept aside until the new one has written
+    its first checkpoint (and put back if it ends before). With ``resume``, the saved
+    configuration, the checkpoint and the metrics files are checked before anything is written.
 
     Args:
         config: The run's configuration (resolved here).
         out_dir: The run folder (default: a new ``runs/train-<time>``).
-        resume: Continue the run in ``out_dir`` from its checkpoint (its config.json wins).
-        overwrite: Empty ``out_dir`` first (only if it holds a regtorch run).
+        resume: Continue the run in ``out_dir`` from its checkpoint (its config.json wins); a
+            run that never reached its first checkpoint starts again from its configuration.
+        overwrite: Replace the run in ``out_dir`` (only if it holds a regtorch run).
         explicit: With ``resume``, the options the user gave (others come from config.json);
             ``None``: all of ``config``.
         reporter: Where lines go (default: stdout).
@@ -322,42 +186,57 @@ def run_train(
             ``torchrun``: rank 0 prepares the folder and reads the checkpoint, every rank trains.
         shrink: After training, shrink the model and report before/after (``summary["shrink"]``).
         tensorboard: Write TensorBoard scalars and histograms into ``RUN_DIR/tensorboard``.
+        require_checkpoint: With ``resume``, refuse a folder without a checkpoint instead of
+            starting its run again (what ``regtorch train --resume`` does).
 
     Returns:
         The content of ``summary.json``.
 
     Raises:
-        UsageError: For bad input (exit status 2).
+        UsageError: For bad input (exit status 2), a run folder in use, a damaged checkpoint.
         RunFailed: If training diverges (exit status 1).
     """
     started = time.perf_counter()
     reporter = reporter or Reporter()
-    if dist_ctx is None:
-        prepared = _prepare(config, out_dir, resume, overwrite, explicit, reporter)
-    else:
-        if dist_ctx.is_main:
-            try:
-                prepared = _prepare(config, out_dir, resume, overwrite, explicit, reporter)
-            except Exception as exc:
-                dist_ctx.broadcast(("error", str(exc)))
-                raise
-        else:
-            prepared = None
-        prepared = dist_ctx.broadcast(prepared)
-        if prepared[0] == "error":
-            raise UsageError(prepared[1])
-    if prepared[0] == "done":
-        return prepared[1]
-    _, kind, out, cfg, checkpoint_state = prepared
+    main = dist_ctx is None or dist_ctx.is_main
+    out = None
+    if main:
+        out = Path(out_dir) if out_dir is not None else default_out_dir("train")
     threads_before = torch.get_num_threads()
+    completed = False
     try:
+        args = (config, out, resume, overwrite, explicit, reporter, require_checkpoint)
+        if dist_ctx is None:
+            prepared = _prepare(*args)
+        else:
+            if main:
+                try:
+                    prepared = _prepare(*args)
+                except Exception as exc:
+                    dist_ctx.broadcast(("error", str(exc)))
+                    raise
+            else:
+                prepared = None
+            prepared = dist_ctx.broadcast(prepared)
+            if prepared[0] == "error":
+                raise UsageError(prepared[1])
+        if prepared[0] == "done":
+            completed = True
+            return prepared[1]
+        _, kind, out, cfg, checkpoint_state = prepared
         session = build_session(cfg, data, dist_ctx=dist_ctx)
-        if kind == "overwrite" and (dist_ctx is None or dist_ctx.is_main):
+        if kind == "overwrite" and main:
             empty_run_dir(out)
         options = {"shrink": shrink, "tensorboard": tensorboard}
-        return _train(session, out, reporter, callbacks, plots, checkpoint_state, started, dist_ctx, options)
+        summary = _train(
+            session, out, reporter, callbacks, plots, checkpoint_state, started, dist_ctx, options
+        )
+        completed = True
+        return summary
     finally:
         torch.set_num_threads(threads_before)
+        if main and out is not None:
+            release_run_dir(out, completed=completed)
 
 
 def _train(
@@ -379,13 +258,6 @@ def _train(
         from regtorch.training._sparse import FineTune
 
         callbacks.append(FineTune(session))
-    if options.get("tensorboard") and main:
-        from regtorch.training._tensorboard import TensorBoardCallback
-
-        fsdp = dist_ctx is not None and dist_ctx.fsdp
-        callbacks.append(TensorBoardCallback(out / "tensorboard", histograms=not fsdp))
-    if main:
-        write_run_config(out, "train", config=cfg.to_dict())
     writer = MetricsWriter(out)
     steps_per_epoch = -(-data.n_train // cfg.batch_size)
     log_every = auto_log_every(steps_per_epoch) if cfg.log_every is None else cfg.log_every
@@ -408,7 +280,7 @@ def _train(
         log_every=log_every,
         reporter=reporter,
         callbacks=callbacks,
-        metrics_row=writer.write if main else None,
+        metrics_row=_metrics_row(writer, out) if main else None,
         x_val=data.x_val,
         y_val=data.y_val,
         forward=session.forward,
@@ -416,15 +288,20 @@ def _train(
         **extra,
     )
     wall = [0.0, started]
-    if checkpoint_state is not None:
-        _restore(session, trainer, checkpoint_state, dist_ctx)
-        if main:
-            writer.reset(checkpoint_state["metrics_offsets"])
+    if checkpoint_state is not None:  # checked and restored before anything is written
+        restore(session, trainer, checkpoint_state, out / "checkpoint.pt", dist_ctx)
         wall[0] = float(checkpoint_state.get("wall_time_s", 0.0))
+    if options.get("tensorboard") and main:
+        from regtorch.training._tensorboard import TensorBoardCallback
+
+        fsdp = dist_ctx is not None and dist_ctx.fsdp
+        trainer.callbacks.append(TensorBoardCallback(out / "tensorboard", histograms=not fsdp))
+    if main:
+        write_run_config(out, "train", config=cfg.to_dict())
+        writer.reset(None if checkpoint_state is None else checkpoint_state["metrics_offsets"])
+    if checkpoint_state is not None:
         reporter.line(f"Resuming '{out}' after epoch {trainer.state.epoch} of {cfg.epochs}")
     else:
-        if main:
-            writer.reset()
         reporter.line(
             f"Training {cfg.model} {list(cfg.hidden or ())} on {data.name} "
             f"({data.n_train} train, {data.n_val} val, {data.n_test} test) | "
@@ -466,7 +343,10 @@ def _train(
         if plots:
             from regtorch.training._plots import draw_run_plots
 
-            note = draw_run_plots(out, read_metrics(out), weights)
+            try:
+                note = draw_run_plots(out, read_metrics(out), weights)
+            except UsageError as exc:  # a full disk: the run itself is complete and saved
+                note = f"plots skipped: {exc}"
             if note:
                 reporter.warn(note)
         reporter.result(result_line(summary, out))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import regtorch
 from regtorch.training._checkpoint import write_json
 from regtorch.training._errors import UsageError
+from regtorch.training._files import read_regular_bytes
+from regtorch.training._runlock import claim_run_dir, run_files, set_aside
 
 __all__ = [
     "check_out_dir",
@@ -33,29 +34,37 @@ def default_out_dir(command: str, root: Path | str = "runs") -> Path:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON file written by regtorch.
+    """Read a JSON file written by regtorch (never through a symbolic link).
 
     Raises:
-        UsageError: If it is missing or not valid JSON.
+        UsageError: If it is missing, a link, not a regular file or not valid JSON.
     """
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(read_regular_bytes(Path(path)))
     except FileNotFoundError:
         raise UsageError(f"'{path}' does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read '{path}': {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read '{path}': {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UsageError(
+            f"'{path}' is not valid JSON ({exc}); it was damaged or not written by regtorch"
+        ) from exc
 
 
 def _is_run_dir(path: Path) -> bool:
     try:
-        data = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+        data = read_json(path / "config.json")
+    except UsageError:
         return False
     return isinstance(data, dict) and "command" in data and "regtorch_version" in data
 
 
 def check_out_dir(path: Path, *, resume: bool, overwrite: bool, command: str) -> str:
-    """Check that ``path`` may receive a run; nothing is created or removed here.
+    """Claim ``path`` for this process and check that it may receive the run.
+
+    The claim (:func:`~regtorch.training._runlock.claim_run_dir`: the folder is created if
+    missing and locked) lasts until :func:`~regtorch.training._runlock.release_run_dir`, or
+    until the process ends; nothing else is created or removed here.
 
     Returns:
         ``"new"`` (missing or empty), ``"resume"`` (holds a run to continue) or ``"overwrite"``
@@ -63,16 +72,13 @@ def check_out_dir(path: Path, *, resume: bool, overwrite: bool, command: str) ->
         to start, so bad input never costs the old run).
 
     Raises:
-        UsageError: If ``path`` is a file, or a non-empty folder without ``resume`` or
-            ``overwrite``, or a foreign folder with ``overwrite``.
+        UsageError: If ``path`` is a file, or is in use by another process, or is a non-empty
+            folder without ``resume`` or ``overwrite``, or a foreign folder with ``overwrite``.
     """
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; give one of them")
-    if not path.exists():
-        return "new"
-    if not path.is_dir():
-        raise UsageError(f"--out '{path}' is a file, not a folder")
-    if not any(path.iterdir()):
+    claim_run_dir(path)
+    if not run_files(path):
         return "new"
     if resume:
         if not (path / "config.json").exists():
@@ -98,12 +104,12 @@ def check_out_dir(path: Path, *, resume: bool, overwrite: bool, command: str) ->
 
 
 def empty_run_dir(path: Path) -> None:
-    """Remove everything inside ``path`` (a folder :func:`check_out_dir` approved)."""
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Make room for a new run in ``path`` (a folder :func:`check_out_dir` approved).
+
+    The old run is moved aside, not deleted: it is deleted once the new run has written its
+    first checkpoint, and put back if the new run ends before that.
+    """
+    set_aside(path)
 
 
 def write_run_config(path: Path, command: str, **content: Any) -> None:

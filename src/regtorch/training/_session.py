@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import regtorch
+from regtorch._untrusted import check_fits_in_memory
 from regtorch.data import DataError, Dataset, load_dataset
 from regtorch.training._build import (
     build_model,
@@ -65,6 +66,22 @@ def load_data(cfg: TrainConfig) -> Dataset:
         raise UsageError(str(exc)) from exc
 
 
+# Bytes per parameter while training: the weight, its gradient and two optimizer states (Adam).
+_BYTES_PER_PARAMETER = 16
+
+
+def _check_model_size(cfg: TrainConfig, data: Dataset) -> None:
+    """Refuse a model that cannot fit in memory, counting its parameters without allocating them."""
+    with torch.device("meta"):
+        probe = build_model(cfg, data.input_shape, data.num_classes)
+    count = sum(p.numel() for p in probe.parameters())
+    what = f"the model's {count:,} parameters (with their gradients and optimizer state)"
+    try:
+        check_fits_in_memory(count * _BYTES_PER_PARAMETER, what)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; use smaller layers (--hidden)") from None
+
+
 def build_session(
     cfg: TrainConfig,
     data: Dataset | None = None,
@@ -84,6 +101,7 @@ def build_session(
     device = resolve_device(cfg.device) if dist_ctx is None else dist_ctx.device
     if device.type != "cpu":
         data = data.to(device)
+    _check_model_size(cfg, data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     threads = choose_threads(cfg, model, data.input_shape)

@@ -30,10 +30,15 @@ class TensorBoardCallback(Callback):
         histograms: Write weight histograms (off under FSDP2, where parameters are shards).
 
     Raises:
-        UsageError: If the ``tensorboard`` package is not installed.
+        UsageError: If the ``tensorboard`` package is not installed, or ``log_dir`` is a link.
     """
 
     def __init__(self, log_dir: Path, *, histograms: bool = True) -> None:
+        if Path(log_dir).is_symlink():
+            raise UsageError(
+                f"'{log_dir}' is a symbolic link; regtorch never writes a run's files through links: "
+                "remove it"
+            )
         try:
             from regtorch.integrations.tensorboard import TensorBoardLogger
 
