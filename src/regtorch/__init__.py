@@ -12,7 +12,9 @@ from regtorch.regularizer._activity import ActivityRegularizer, ActivityStats, M
 from regtorch.regularizer._regularizer import AttachHandle, Regularizer, regularize
 from regtorch.regularizer._selection import select_parameters
 from regtorch.sparse._freeze import FrozenZeros, freeze_zeros
-from regtorch.sparse._shrink import LayerShrink, ShrinkReport, shrink, shrink_report
+from regtorch.sparse._select_features import SelectFeatures
+from regtorch.sparse._shrink import shrink, shrink_report
+from regtorch.sparse._shrink_report import GroupShrink, LayerShrink, ShrinkReport
 from regtorch.sparse._sparse_io import SparseSaveInfo, load_sparse, save_sparse
 from regtorch.sparse._stats import ParameterStats, Stats, sparsity
 
@@ -27,12 +29,14 @@ __all__ = [
     "ElasticNet",
     "FrozenZeros",
     "GroupLasso",
+    "GroupShrink",
     "LayerShrink",
     "Lp",
     "ModuleActivity",
     "ParameterStats",
     "Penalty",
     "Regularizer",
+    "SelectFeatures",
     "ShrinkReport",
     "SparseSaveInfo",
     "Stats",
