@@ -163,7 +163,8 @@ def _zero_flags(groups: CoupledGroups, model: nn.Module, atol: float) -> tuple[t
     with torch.no_grad():
         for member in groups.members:
             param = params[member.name].detach()
-            flags = (param.abs() > atol).movedim(member.dim, 0).flatten(1).any(1).cpu()
+            flags = (param.abs() > atol).movedim(member.dim, 0)
+            flags = flags.reshape(flags.shape[0], -1).any(1).cpu()
             valid = member.group_ids >= 0
             nonzero.index_add_(0, member.group_ids[valid], flags[valid].long())
             if param.ndim >= 2:
