@@ -9,6 +9,7 @@ from regtorch._elementwise import L1, L2, ElasticNet, Lp
 from regtorch._group import GroupLasso
 from regtorch._penalty import Penalty, Sum, list_penalties, penalty_from_config
 from regtorch.regularizer._activity import ActivityRegularizer, ActivityStats, ModuleActivity
+from regtorch.regularizer._explain import ParameterChoice, SelectionExplanation, explain_selection
 from regtorch.regularizer._regularizer import AttachHandle, Regularizer, regularize
 from regtorch.regularizer._selection import select_parameters
 from regtorch.sparse._freeze import FrozenZeros, freeze_zeros
@@ -33,15 +34,18 @@ __all__ = [
     "LayerShrink",
     "Lp",
     "ModuleActivity",
+    "ParameterChoice",
     "ParameterStats",
     "Penalty",
     "Regularizer",
     "SelectFeatures",
+    "SelectionExplanation",
     "ShrinkReport",
     "SparseSaveInfo",
     "Stats",
     "Sum",
     "__version__",
+    "explain_selection",
     "freeze_zeros",
     "list_penalties",
     "load_sparse",
