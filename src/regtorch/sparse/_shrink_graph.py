@@ -317,7 +317,8 @@ def plan_graph(model: nn.Module, example_input: Any, atol: float, owner: str) ->
         labels = [groups.labels[g] for g in partial.nonzero().flatten().tolist()]
         shown = ", ".join(labels[:5]) + (f", +{len(labels) - 5} more" if len(labels) > 5 else "")
         report.notes.append(
-            f"{len(labels)} coupled groups are zero only in part (some weight slices zero, other slices not: "
+            f"{len(labels)} coupled group{'s are' if len(labels) > 1 else ' is'} zero only in part (some "
+            "weight slices zero, other slices not: "
             f"BatchNorm entries, the other layers of a residual stream, consumers' inputs), so they stay: "
             f"{shown}. A group lasso over whole coupled groups zeroes them together."
         )
