@@ -181,3 +181,19 @@ def test_gpt2_decoder_heads_and_mlp_units() -> None:
     assert small.lm_head.weight is small.transformer.wte.weight  # still tied
     check_outputs(model, small, x, report)
     check_training(small, x, ids)
+
+
+def test_benchmark_script_runs_on_tiny_models() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "shrink_architectures.py"
+    result = subprocess.run([sys.executable, str(script), "--small", "--repeats", "1"], capture_output=True,
+                            text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[0] in ("ResNet-18", "ViT", "BERT", "GPT-2")]
+    assert len(rows) == 4
+    for row in rows:
+        before, after = (int(v.replace(",", "")) for v in row[1:3])
+        assert after < before and row[7] == "0"  # fewer parameters, no zero group kept
