@@ -10,6 +10,8 @@ from torch import nn
 
 pytest.importorskip("torch_pruning", reason="needs the 'prune' extra")
 
+from sparse_models import BasicBlock
+
 from regtorch.sparse._dependency import CoupledGroups, coupled_groups
 
 
@@ -51,18 +53,6 @@ def test_conv_chain_with_batchnorm_and_flatten() -> None:
     assert [(s.name, s.direction) for s in groups.modules] == [
         ("0", "out"), ("1", "out"), ("4", "out"), ("4", "in"), ("5", "out"), ("8", "in"),
     ]  # fmt: skip
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, channels: int, inner: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, inner, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(inner)
-        self.conv2 = nn.Conv2d(inner, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
 
 
 class TinyResNet(nn.Module):

@@ -11,6 +11,8 @@ from torch import nn
 
 pytest.importorskip("torch_pruning", reason="needs the 'prune' extra")
 
+from sparse_models import BasicBlock
+
 from regtorch import shrink, shrink_report
 from regtorch.sparse._dependency import CoupledGroups, coupled_groups
 
@@ -42,22 +44,10 @@ def randomize_bn(model: nn.Module) -> None:
                 module.bias.normal_()
 
 
-class Block(nn.Module):
-    def __init__(self, channels: int, inner: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, inner, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(inner)
-        self.conv2 = nn.Conv2d(inner, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
 def resnet() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), Block(6, 5), Block(6, 4),
+        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), BasicBlock(6, 5), BasicBlock(6, 4),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
     ).double()  # fmt: skip
     randomize_bn(model)

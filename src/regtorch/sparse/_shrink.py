@@ -14,7 +14,6 @@ of the model, or to the model itself.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +27,14 @@ from regtorch.sparse._dependency import check_example_input
 from regtorch.sparse._dependency_trace import import_torch_pruning
 from regtorch.sparse._select_features import SelectFeatures
 from regtorch.sparse._shrink_chain import BARRIER, LINEAR, Step, display_name, extract_steps, infer_shapes
-from regtorch.sparse._shrink_graph import apply_plan, plan_graph
+from regtorch.sparse._shrink_graph import apply_plan, copy_model, plan_graph
 from regtorch.sparse._shrink_plan import Layer, bn_keeps, new_tensors, plan_layers, units
 from regtorch.sparse._shrink_report import LayerShrink, ShrinkReport
 
 __all__ = ["shrink", "shrink_report"]
 
 METHODS = ("auto", "chain", "graph")
+_INPLACE_HINT = "pass inplace=True to shrink the model itself"
 
 
 def _numel(tensors: dict[str, torch.Tensor | None]) -> int:
@@ -397,11 +397,11 @@ def shrink(
             apply_plan(original, plan, atol)
             result = model
         else:
-            result = plan.shrunk if plan.shrunk is not None else _copy_model(original)
+            result = plan.shrunk if plan.shrunk is not None else copy_model(original, _INPLACE_HINT)
         report = plan.report
         _kept_warning(report)
     else:
-        target = original if inplace else _copy_model(original)
+        target = original if inplace else copy_model(original, _INPLACE_HINT)
         if not inplace:
             steps = extract_steps(target)
         chain = _analyze(target, steps, atol, example_input, "shrink", remove_inputs)
@@ -411,12 +411,3 @@ def shrink(
     report.notes.extend(notes)
     return (result, report) if return_report else result
 
-
-def _copy_model(model: nn.Module) -> nn.Module:
-    try:
-        return copy.deepcopy(model)
-    except RuntimeError as error:
-        raise RuntimeError(
-            f"shrink could not deep-copy the model ({error}); pass inplace=True to shrink the "
-            "model itself."
-        ) from error

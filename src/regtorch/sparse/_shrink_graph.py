@@ -36,7 +36,7 @@ from regtorch.sparse._dependency_trace import (
 )
 from regtorch.sparse._shrink_report import GroupShrink, LayerShrink, ShrinkReport
 
-__all__ = ["GraphPlan", "apply_plan", "plan_graph"]
+__all__ = ["GraphPlan", "apply_plan", "copy_model", "plan_graph"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -207,14 +207,12 @@ def _tolerance(expected: list[torch.Tensor]) -> float:
     return relative * scale
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def copy_model(model: nn.Module, why: str) -> nn.Module:
+    """``copy.deepcopy(model)``, or a ``RuntimeError`` saying why shrink needs the copy."""
     try:
         return copy.deepcopy(model)
     except RuntimeError as error:
-        raise RuntimeError(
-            f"shrink could not deep-copy the model ({error}), which the dependency-graph path needs to "
-            "check each removal before applying it."
-        ) from error
+        raise RuntimeError(f"shrink could not deep-copy the model ({error}); {why}") from error
 
 
 def _trial(
@@ -222,7 +220,7 @@ def _trial(
     base: list[torch.Tensor],
 ) -> tuple[nn.Module | None, str]:
     """Remove ``remove`` from a copy; return the copy, or None and why the outputs changed."""
-    work = _copy(model)
+    work = copy_model(model, "the dependency-graph path checks each removal on a copy")
     reference = base
     if atol > 0:
         zero_groups_(work, groups, remove)
