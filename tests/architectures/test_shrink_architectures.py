@@ -8,6 +8,8 @@ with a new optimizer.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 pytest.importorskip("torch_pruning", reason="needs the 'prune' extra")
 transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra")
 
-from regtorch import shrink  # noqa: E402
+from regtorch import load_sparse, save_sparse, shrink  # noqa: E402
 from regtorch.sparse._dependency import CoupledGroups, coupled_groups  # noqa: E402
 
 HIDDEN, HEADS, INTERMEDIATE, VOCAB = 32, 4, 37, 50
@@ -66,7 +68,7 @@ def check_training(small: nn.Module, inputs: dict, labels: torch.Tensor) -> None
     assert losses[-1] < losses[0]
 
 
-def test_resnet_residual_stages() -> None:
+def test_resnet_residual_stages(tmp_path) -> None:
     torch.manual_seed(0)
     config = transformers.ResNetConfig(
         num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3
@@ -101,6 +103,13 @@ def test_resnet_residual_stages() -> None:
     assert small.resnet.embedder.embedder.convolution.out_channels == 7
     assert small.classifier[1].in_features == 15
     check_outputs(model, small, x, report)
+    save_sparse(small, tmp_path / "small.rts")  # the shrunk state dict round-trips
+    again = copy.deepcopy(small)
+    with torch.no_grad():
+        for param in again.parameters():
+            param.zero_()
+    again.load_state_dict(load_sparse(tmp_path / "small.rts"))
+    torch.testing.assert_close(again(**x).logits, small(**x).logits, atol=0, rtol=0)
     check_training(small, x, torch.tensor([0, 1, 2, 0]))
 
 
