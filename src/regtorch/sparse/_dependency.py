@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from regtorch.regularizer._selection import unwrap_model
-from regtorch.sparse._dependency_trace import Family, member_size, slice_dims, trace_families
+from regtorch.sparse._dependency_family import Family, member_size, slice_dims
+from regtorch.sparse._dependency_trace import trace_families
 
 __all__ = [
     "AttentionHeads",

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from regtorch.sparse._dependency import CoupledGroups, build_groups
+from regtorch.sparse._dependency_family import CONVS, HEAD_COUNT_ATTRIBUTES, PER_CHANNEL_NORMS
 from regtorch.sparse._dependency_trace import (
-    HEAD_COUNT_ATTRIBUTES,
     output_tensors,
     run_model,
     trace_families,
@@ -38,8 +38,6 @@ from regtorch.sparse._shrink_report import GroupShrink, LayerShrink, ShrinkRepor
 
 __all__ = ["GraphPlan", "apply_plan", "copy_model", "plan_graph"]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _HEAD_WIDTH = ("all_head_size", "split_size")
 
 
@@ -55,9 +53,9 @@ def _io_sizes(module: nn.Module) -> tuple[int, int]:
     weight = getattr(module, "weight", None)
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
-    if isinstance(module, _CONVS):
+    if isinstance(module, CONVS):
         return module.out_channels, module.in_channels
-    if isinstance(module, _PER_CHANNEL_NORMS):
+    if isinstance(module, PER_CHANNEL_NORMS):
         return module.num_features, module.num_features
     if isinstance(module, nn.LayerNorm):
         return module.normalized_shape[-1], module.normalized_shape[-1]
@@ -77,7 +75,7 @@ def _resync(module: nn.Module, kept: int) -> None:
     weight = getattr(module, "weight", None)
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, _CONVS):
+    elif isinstance(module, CONVS):
         transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
         if module.groups > 1:  # depthwise: one channel per group
             module.groups = module.in_channels = module.out_channels = module.weight.shape[0]
@@ -85,7 +83,7 @@ def _resync(module: nn.Module, kept: int) -> None:
             module.in_channels, module.out_channels = module.weight.shape[:2]
         else:
             module.out_channels, module.in_channels = module.weight.shape[:2]
-    elif isinstance(module, _PER_CHANNEL_NORMS):
+    elif isinstance(module, PER_CHANNEL_NORMS):
         module.num_features = kept
     elif isinstance(module, nn.LayerNorm):
         module.normalized_shape = (*module.normalized_shape[:-1], kept)
@@ -125,7 +123,7 @@ def remove_groups_(model: nn.Module, groups: CoupledGroups, remove: torch.Tensor
             if keep.all():
                 continue
             module = model.get_submodule(piece.name)
-            if isinstance(module, _PER_CHANNEL_NORMS):
+            if isinstance(module, PER_CHANNEL_NORMS):
                 for attr in ("running_mean", "running_var"):
                     buffer = getattr(module, attr, None)
                     if isinstance(buffer, torch.Tensor):
@@ -262,8 +260,8 @@ def _layer_rows(
         (out_old, in_old), (out_new, in_new) = _io_sizes(old), _io_sizes(new)
         if (count_old, out_old, in_old) == (count_new, out_new, in_new):
             continue
-        unit = "filters" if isinstance(old, _CONVS) else "channels" if isinstance(
-            old, (*_PER_CHANNEL_NORMS, nn.LayerNorm, nn.GroupNorm, nn.PReLU)) else "features" if isinstance(
+        unit = "filters" if isinstance(old, CONVS) else "channels" if isinstance(
+            old, (*PER_CHANNEL_NORMS, nn.LayerNorm, nn.GroupNorm, nn.PReLU)) else "features" if isinstance(
             old, (nn.Embedding, nn.EmbeddingBag)) else "neurons"  # fmt: skip
         rows.append(LayerShrink(name, type(old).__name__, unit, out_old, out_new, removed_out.get(name, ()),
                                 (), in_old, in_new, count_old, count_new))  # fmt: skip
