@@ -21,11 +21,14 @@ from regtorch.penalties import (
     penalty_from_config,
 )
 from regtorch.regularizer._activity import ActivityRegularizer, ActivityStats, ModuleActivity
+from regtorch.regularizer._explain import ParameterChoice, SelectionExplanation, explain_selection
 from regtorch.regularizer._regularizer import AttachHandle, Regularizer, regularize
 from regtorch.regularizer._rules import Rule
 from regtorch.regularizer._selection import select_parameters
 from regtorch.sparse._freeze import FrozenZeros, freeze_zeros
-from regtorch.sparse._shrink import LayerShrink, ShrinkReport, shrink, shrink_report
+from regtorch.sparse._select_features import SelectFeatures
+from regtorch.sparse._shrink import shrink, shrink_report
+from regtorch.sparse._shrink_report import GroupShrink, LayerShrink, ShrinkReport
 from regtorch.sparse._sparse_io import SparseSaveInfo, load_sparse, save_sparse
 from regtorch.sparse._stats import ParameterStats, Stats, sparsity
 
@@ -42,19 +45,24 @@ __all__ = [
     "ElasticNet",
     "FrozenZeros",
     "GroupLasso",
+    "GroupShrink",
     "LayerShrink",
     "Lp",
     "ModuleActivity",
+    "ParameterChoice",
     "ParameterStats",
     "Penalty",
     "Regularizer",
     "Rule",
     "Scaled",
+    "SelectFeatures",
+    "SelectionExplanation",
     "ShrinkReport",
     "SparseSaveInfo",
     "Stats",
     "Sum",
     "__version__",
+    "explain_selection",
     "freeze_zeros",
     "list_penalties",
     "load_sparse",

@@ -183,6 +183,44 @@ def test_checkpoint_round_trips_regularizer_state(tmp_path, rebuild):
     assert active.regularizer.penalties[0].strength == 0.05
     assert active.regularizer.scale == 0.5
     assert active.regularizer.num_steps == 3
+    # the user's handle reaches the live regularizer either way, and the logs keep regtorch's keys
+    assert fresh.regularizer is active.regularizer
+    assert float(fresh.penalty()) == pytest.approx(float(active.penalty()))
+    step_logs = [entry for entry in resumed.state.log_history if "loss" in entry]
+    assert step_logs and all("regtorch/penalty" in entry for entry in step_logs)
+
+
+def test_rebuilt_callback_takes_the_arguments_json_cannot_hold(tmp_path):
+    def half(step: int) -> float:
+        return 0.5
+
+    callback = RegularizationCallback(L1(0.01), params=torch.nn.Linear, mode="prox", schedule=half)
+    args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    transformers.Trainer(model=make_model(), args=args, train_dataset=TinyData(), callbacks=[callback]).train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+
+    fresh = RegularizationCallback(L1(0.01), params=torch.nn.Linear, mode="prox", schedule=half)
+    args = training_args(tmp_path, max_steps=3, save_strategy="no", restore_callback_states_from_checkpoint=True)
+    resumed = transformers.Trainer(model=make_model(), args=args, train_dataset=TinyData(), callbacks=[fresh])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    active = resumed.pop_callback(RegularizationCallback)
+    assert active is not fresh and fresh.regularizer is active.regularizer
+    assert active.regularizer.schedule is half and active.regularizer.num_steps == 3
+    names = [name for name, _ in active.regularizer.named_parameters()]
+    assert names and all(name.endswith(("weight", "bias")) for name in names)
+    assert any(name.endswith("bias") for name in names)  # params=nn.Linear, not the JSON default
+
+
+def test_rebuilt_callback_with_other_settings_warns(tmp_path):
+    callback = RegularizationCallback(L1(0.01), mode="prox")
+    args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    transformers.Trainer(model=make_model(), args=args, train_dataset=TinyData(), callbacks=[callback]).train()
+    fresh = RegularizationCallback(L1(0.02), mode="prox")
+    args = training_args(tmp_path, max_steps=3, save_strategy="no", restore_callback_states_from_checkpoint=True)
+    resumed = transformers.Trainer(model=make_model(), args=args, train_dataset=TinyData(), callbacks=[fresh])
+    with pytest.warns(UserWarning, match="replaced the RegularizationCallback"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert fresh.regularizer.penalties[0].strength == 0.01  # the checkpoint's settings
 
 
 def test_weight_decay_with_l2_penalty_warns(tmp_path):

@@ -317,3 +317,17 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         opt.step()
     for name, param in net.named_parameters():
         torch.testing.assert_close(saved["params"][f"net.{name}"], param.detach(), atol=1e-10, rtol=0)
+
+
+def test_resuming_in_another_mode_is_refused_through_the_trainer(tmp_path):
+    first = trainer(tmp_path, Regularization(L1(0.01), mode="prox"), max_steps=2)
+    first.fit(Module("sgd"), loader())
+    ckpt = tmp_path / "prox.ckpt"
+    first.save_checkpoint(str(ckpt))
+    other = Regularization(L1(0.01), mode="grad")
+    with pytest.raises(ValueError, match=r"saved with mode='prox'; this callback has mode='grad'"):
+        trainer(tmp_path, other, max_steps=3).fit(Module("sgd"), loader(), ckpt_path=str(ckpt))
+    different = Regularization(L2(0.01), mode="prox")
+    with pytest.warns(UserWarning, match="holds Regularization state for other settings"):
+        trainer(tmp_path, different, max_steps=3).fit(Module("sgd"), loader(), ckpt_path=str(ckpt))
+    assert different.regularizer.num_steps == 1  # started afresh at step 2 of 3

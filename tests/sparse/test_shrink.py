@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from regtorch.sparse._shrink import ShrinkReport, shrink, shrink_report
+from regtorch import ShrinkReport, shrink, shrink_report
 
 TOL = 1e-6
 

@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,7 +67,8 @@ class Regularization(_pl.Callback):
     regularized entries); at the end of each training epoch also ``{prefix}zero_groups`` (all-zero
     rows, filters or penalty groups). Its state — the penalties' strengths, the scale and the step
     count of :meth:`regtorch.Regularizer.state_dict` — is saved in Lightning checkpoints and
-    restored with ``trainer.fit(..., ckpt_path=...)``.
+    restored with ``trainer.fit(..., ckpt_path=...)``; a checkpoint saved by a callback in another
+    mode is refused with a ``ValueError`` (see :meth:`on_load_checkpoint`).
 
     Under ``strategy="ddp"`` every process holds the same parameters, so every process applies the
     same penalty and the replicas stay equal. Sharded strategies (FSDP, DeepSpeed) are not
@@ -75,8 +77,10 @@ class Regularization(_pl.Callback):
 
     Args:
         penalty: A :class:`regtorch.Penalty`, or a list of ``(selection, penalty)`` rules.
-        params: Which parameters (default ``"weights"``: ``ndim >= 2`` outside normalization
-            layers); see :func:`regtorch.select_parameters`. Leave it ``None`` with rules.
+        params: Which parameters (default ``"weights"``: the weights of layers, without biases,
+            normalization layers, position embeddings or tokens); see
+            :func:`regtorch.select_parameters` and :func:`regtorch.explain_selection`. Leave it
+            ``None`` with rules.
         mode: ``"prox"`` (default), ``"grad"`` or ``"loss"``.
         log: Log penalty and sparsity through ``pl_module.log``.
         prefix: Prefix of the logged names.
@@ -119,7 +123,8 @@ class Regularization(_pl.Callback):
         self.prog_bar = bool(prog_bar)
         self.regularizer_kwargs = dict(regularizer_kwargs)
         # Fixed at construction: the penalties' strengths may change during training.
-        self._state_key = self._generate_state_key(penalty=repr(penalty), params=repr(self.params), mode=mode)
+        self._key_parts = {"penalty": repr(penalty), "params": repr(self.params)}
+        self._state_key = self._generate_state_key(**self._key_parts, mode=mode)
         self.regularizer: Regularizer | None = None
         self._module: torch.nn.Module | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -218,6 +223,37 @@ class Regularization(_pl.Callback):
         self._handles = []
 
     # ----------------------------------------------------------------- checkpoints
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose regularization state was saved in another mode.
+
+        Lightning restores a callback's state by its :attr:`state_key`, which includes the mode, so
+        without this check a checkpoint from another mode would silently start the regularizer
+        afresh. A checkpoint with Regularization states for other penalties or selections only
+        warns (this callback then starts from its own settings).
+
+        Raises:
+            ValueError: If the checkpoint holds this callback's state under another mode.
+        """
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        for mode in ("loss", "grad", "prox"):
+            if mode != self.mode and self._generate_state_key(**self._key_parts, mode=mode) in states:
+                raise ValueError(
+                    f"The checkpoint's Regularization state was saved with mode={mode!r}; this callback "
+                    f"has mode={self.mode!r}. Resume with Regularization(..., mode={mode!r}), or start "
+                    "from the weights alone (load them into the module and call fit without ckpt_path) "
+                    "to change the mode."
+                )
+        others = [k for k in states if isinstance(k, str) and k.startswith(f"{type(self).__qualname__}{{")]
+        if others:
+            warnings.warn(
+                f"The checkpoint holds Regularization state for other settings ({', '.join(others)}), none "
+                f"for this callback ({self.state_key}); its regularizer starts from its own settings.",
+                UserWarning,
+                stacklevel=2,
+            )
+
     def state_dict(self) -> dict[str, Any]:
         """Return the callback's state for Lightning checkpoints."""
         state = self.regularizer.state_dict() if self.regularizer is not None else self._pending_state

@@ -12,10 +12,12 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -83,12 +85,13 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
     **Weight decay.** The callback leaves the Trainer's optimizer alone: ``weight_decay`` in
     ``TrainingArguments`` (0 by default) still applies AdamW's decoupled decay to the Trainer's
     own selection (every parameter except biases and normalization weights). The callback's
-    penalty uses its own selection, ``params="weights"`` by default: tensors with ``ndim >= 2``
-    outside normalization layers (Linear, Conv and Embedding weights). This matches the
-    Trainer's decay set on standard transformer blocks, except 1-dimensional non-bias parameters,
-    which the Trainer decays and ``"weights"`` skips. Replacing the Trainer's decay by a regtorch
-    L2 penalty means setting ``weight_decay=0.0``; the callback warns when both are on with an L2
-    term.
+    penalty uses its own selection, ``params="weights"`` by default: the weights of layers
+    (Linear, Conv, ``Conv1D`` and token-embedding matrices), not biases, normalization layers,
+    position embeddings or learned tokens (see :func:`regtorch.explain_selection`). This matches
+    the Trainer's decay set on standard transformer blocks, except 1-dimensional non-bias
+    parameters and position embeddings, which the Trainer decays and ``"weights"`` skips.
+    Replacing the Trainer's decay by a regtorch L2 penalty means setting ``weight_decay=0.0``; the
+    callback warns when both are on with an L2 term.
 
     **Logging.** At each ``on_log`` the callback adds ``{prefix}penalty`` (``s·R(w)``) and
     ``{prefix}zero_fraction`` (exact zeros among the regularized entries) to the entry the Trainer
@@ -99,10 +102,14 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
 
     **Checkpoints.** The regularizer's state (strengths, scale, step count) is saved in each
     checkpoint's ``trainer_state.json`` and restored by ``trainer.train(resume_from_checkpoint=…)``
-    at ``on_train_begin``. With ``restore_callback_states_from_checkpoint=True`` the Trainer rebuilds
-    this callback from its saved arguments instead; only JSON-representable arguments (penalty
-    configs, string selections, numbers) are saved, so keep that flag off when selections are
-    types, callables or tensors.
+    at ``on_train_begin``. With ``restore_callback_states_from_checkpoint=True`` the Trainer replaces
+    this callback by a new one built from its saved, JSON-representable arguments (penalty configs,
+    string selections, numbers). The new one finds the callback it replaced (the most recent one not
+    yet training another model): if that one has the same penalty, selection and mode, it takes its
+    arguments (types, callables, ``schedule=`` included); otherwise it keeps the checkpoint's and
+    warns. Either way it hands its regularizer to the replaced callback, so your handle's
+    ``callback.regularizer`` and ``callback.penalty()`` reach the live regularizer, and the logged
+    keys keep the saved ``prefix``.
 
     Args:
         penalty: A :class:`regtorch.Penalty` (or its config dict), or a list of
@@ -142,6 +149,13 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
         self._key = json.dumps([repr(penalty), repr(self.params), mode])
         self._model: torch.nn.Module | None = None
         self._handles: list[Any] = []
+        self._rebuilt = False  # set (through the saved attributes) when the Trainer rebuilds it
+        self._replaced: RegularizationCallback | None = None
+        self._serial = next(RegularizationCallback._serials)
+        RegularizationCallback._instances.append(weakref.ref(self))
+
+    _instances: ClassVar[list[weakref.ref[RegularizationCallback]]] = []
+    _serials: ClassVar[itertools.count[int]] = itertools.count()
 
     def penalty(self) -> torch.Tensor:
         """Return the current penalty ``s·R(w)`` (0-dim tensor); valid once training has begun.
@@ -166,6 +180,8 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
                 "this Trainer passed none (an optimizer created later, e.g. by DeepSpeed, is not "
                 "supported)."
             )
+        if self._rebuilt and self._replaced is None:
+            self._adopt(model)
         if self.regularizer is None or self._model is not model:
             self.regularizer = Regularizer(
                 model,
@@ -188,11 +204,39 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
                 UserWarning,
                 stacklevel=2,
             )
+        if self._replaced is not None:
+            self._replaced.regularizer, self._replaced._model = self.regularizer, model
         self._detach()
         inner = unwrap_optimizer(optimizer)
         if self.mode == "loss":
             self._handles.append(inner.register_step_pre_hook(self._loss_gradient_hook))
         self._handles.append(self.regularizer.attach(inner))
+
+    def _adopt(self, model: torch.nn.Module) -> None:
+        """Find the callback the Trainer replaced by this one; take its arguments if they match."""
+        live = [c for c in (ref() for ref in RegularizationCallback._instances) if c is not None]
+        RegularizationCallback._instances[:] = [weakref.ref(c) for c in live]
+        candidates = sorted(
+            (c for c in live if c is not self and not c._rebuilt and (c._model is None or c._model is model)),
+            key=lambda c: c._serial,
+            reverse=True,
+        )
+        if not candidates:
+            return
+        same = [c for c in candidates if c._key == self._key]
+        replaced = (same or candidates)[0]
+        if same:
+            self.penalty_spec, self.params = replaced.penalty_spec, replaced.params
+            self.regularizer_kwargs = dict(replaced.regularizer_kwargs)
+        else:
+            warnings.warn(
+                "Trainer(restore_callback_states_from_checkpoint=True) replaced the RegularizationCallback "
+                f"({replaced._key}) by the checkpoint's ({self._key}); training continues with the "
+                "checkpoint's settings.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._replaced = replaced
 
     def _loss_gradient_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Loss mode: add the penalty's gradient to every selected parameter before the step."""
@@ -242,7 +286,8 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
         if not _jsonable(args.get("penalty")):
             args.pop("penalty", None)
         current = self.regularizer.state_dict() if self.regularizer is not None else None
-        return {"args": args, "attributes": {"restored_state": current, "_key": self._key}}
+        attributes = {"restored_state": current, "_key": self._key, "_rebuilt": True}
+        return {"args": args, "attributes": attributes}
 
     def _saved_state(self, state: Any) -> dict[str, Any] | None:
         stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)

@@ -2,9 +2,25 @@
 
 A *selection* is one of
 
-* ``"weights"`` — parameters with ``ndim >= 2`` that do not belong to a normalization layer
-  (BatchNorm*, LayerNorm, GroupNorm, InstanceNorm*, LocalResponseNorm, RMSNorm). Biases and norm
-  scales are not penalised, as timm and Hugging Face do.
+* ``"weights"`` (the default) — the multiplicative weights of layers: trainable parameters with
+  ``ndim >= 2`` (Linear, convolution and Hugging Face ``Conv1D`` weights, attention projections,
+  token embedding matrices) except
+
+  - parameters of normalization layers (BatchNorm*, LayerNorm, GroupNorm, InstanceNorm*,
+    LocalResponseNorm, RMSNorm),
+  - position embeddings and learned tokens, recognised by a component of the qualified name:
+    ``pos_embed``, ``pos_embedding(s)``, ``position_embedding(s)``, ``positional_embedding(s)``,
+    ``absolute_pos_embed``, ``embed_positions``, ``wpe``, ``relative_position_bias_table``;
+    ``cls_token``, ``dist_token``, ``distillation_token``, ``reg_token(s)``, ``register_tokens``,
+    ``mask_token``,
+  - everything the model or any submodule lists in ``no_weight_decay()`` (names relative to that
+    module, fnmatch patterns allowed) or matches a keyword of ``no_weight_decay_keywords()``
+    (a substring of the name relative to that module) — timm's convention.
+
+  Biases and norm scales (``ndim < 2``) are left out too, as timm and Hugging Face do. Token
+  embedding matrices (``nn.Embedding``, Hugging Face's word and token-type embeddings) stay in,
+  as in the weight decay of timm and of the Hugging Face ``Trainer``; exclude them with
+  ``exclude=nn.Embedding`` if you prefer.
 * ``"all"`` — every trainable parameter.
 * any other string — an :mod:`fnmatch` pattern on qualified parameter names (``"fc1.*"``,
   ``"*.weight"``); a name without wildcards must match exactly.
@@ -14,13 +30,15 @@ A *selection* is one of
 * a list or tuple mixing any of the above (their union).
 
 Frozen parameters (``requires_grad=False``) are skipped, tied parameters count once, an empty
-result is an error.
+result is an error. :func:`regtorch.explain_selection` says, for every parameter, whether it is
+selected and why.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,11 +46,15 @@ from torch import nn
 
 __all__ = [
     "NORM_LAYER_TYPES",
+    "NoDecayRules",
     "Selection",
+    "check_explicit_tensors",
     "describe_selection",
+    "match_reason",
     "named_trainable_parameters",
     "select_parameters",
     "unwrap_model",
+    "weights_rule",
 ]
 
 Selection = str | type | Callable[[str, torch.Tensor], bool] | torch.Tensor | Sequence[Any]
@@ -101,33 +123,118 @@ def describe_selection(selection: Any) -> str:
     return repr(selection)
 
 
-def _matches(
+_POSITION_NAMES = frozenset({
+    "pos_embed", "pos_embedding", "pos_embeddings", "position_embedding", "position_embeddings",
+    "positional_embedding", "positional_embeddings", "absolute_pos_embed", "embed_positions", "wpe",
+    "relative_position_bias_table",
+})  # fmt: skip
+_TOKEN_NAMES = frozenset({
+    "cls_token", "dist_token", "distillation_token", "reg_token", "reg_tokens", "register_tokens",
+    "mask_token",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NoDecayRules:
+    """What a model lists through timm's ``no_weight_decay()`` / ``no_weight_decay_keywords()``.
+
+    Attributes:
+        patterns: ``(fnmatch pattern on the qualified name, module that listed it)``.
+        keywords: ``(module prefix, keyword, module that listed it)``: a parameter under the
+            prefix whose relative name contains the keyword.
+    """
+
+    patterns: tuple[tuple[str, str], ...] = ()
+    keywords: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def of(cls, model: nn.Module) -> NoDecayRules:
+        """Collect the rules of ``model`` and all its submodules."""
+        patterns, keywords = [], []
+        for prefix, module in model.named_modules():
+            where = repr(prefix) if prefix else "the model"
+            for attr, into in (("no_weight_decay", patterns), ("no_weight_decay_keywords", keywords)):
+                method = getattr(type(module), attr, None)
+                if not callable(method):
+                    continue
+                for item in getattr(module, attr)() or ():
+                    if attr == "no_weight_decay":
+                        into.append((f"{prefix}.{item}" if prefix else str(item), where))
+                    else:
+                        into.append((prefix, str(item), where))
+        return cls(tuple(patterns), tuple(keywords))
+
+    def reason(self, name: str) -> str:
+        """Why ``name`` is listed, or ``""``."""
+        for pattern, where in self.patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                return f"listed by no_weight_decay() of {where}"
+        for prefix, keyword, where in self.keywords:
+            if prefix and not name.startswith(prefix + "."):
+                continue
+            if keyword in (name[len(prefix) + 1 :] if prefix else name):
+                return f"matches {keyword!r} of no_weight_decay_keywords() of {where}"
+        return ""
+
+
+def weights_rule(
+    name: str, param: torch.Tensor, module: nn.Module, no_decay: NoDecayRules
+) -> tuple[bool, str]:
+    """Whether ``params="weights"`` selects a parameter, and why (see the module docstring)."""
+    kind = type(module).__name__
+    if isinstance(module, NORM_LAYER_TYPES):
+        return False, f"a parameter of a normalization layer ({kind})"
+    if param.ndim < 2:
+        return False, "ndim < 2 (a bias or a scale)"
+    for part in name.split("."):
+        if part in _POSITION_NAMES:
+            return False, f"a position embedding ({part!r})"
+        if part in _TOKEN_NAMES:
+            return False, f"a learned token ({part!r})"
+    listed = no_decay.reason(name)
+    if listed:
+        return False, listed
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return True, f"the embedding matrix of {kind}"
+    if name.rpartition(".")[2] == "weight":
+        return True, f"the weight of {kind}"
+    return True, f"an ndim >= 2 parameter of {kind}"
+
+
+def match_reason(
     selection: Any,
     name: str,
     param: torch.Tensor,
     module: nn.Module,
     owner: str,
     argument: str,
-) -> bool:
+    no_decay: NoDecayRules,
+) -> str | None:
+    """Why ``selection`` matches the parameter, or ``None`` when it does not."""
     if isinstance(selection, str):
         if selection == "all":
-            return True
+            return "params='all'"
         if selection == "weights":
-            return param.ndim >= 2 and not isinstance(module, NORM_LAYER_TYPES)
-        return fnmatch.fnmatchcase(name, selection)
+            chosen, reason = weights_rule(name, param, module, no_decay)
+            return reason if chosen else None
+        return f"matches {selection!r}" if fnmatch.fnmatchcase(name, selection) else None
     if isinstance(selection, type):
         if not issubclass(selection, nn.Module):
             raise TypeError(
                 f"The {argument!r} argument of {owner} accepts module types (subclasses of "
                 f"nn.Module); got the type {selection.__name__}."
             )
-        return isinstance(module, selection)
+        return f"owned by a {selection.__name__}" if isinstance(module, selection) else None
     if isinstance(selection, torch.Tensor):
-        return selection is param
+        return "given as a tensor" if selection is param else None
     if isinstance(selection, (list, tuple)):
-        return any(_matches(s, name, param, module, owner, argument) for s in selection)
+        for item in selection:
+            reason = match_reason(item, name, param, module, owner, argument, no_decay)
+            if reason is not None:
+                return reason
+        return None
     if callable(selection):
-        return bool(selection(name, param))
+        return f"{describe_selection(selection)}(name, param) is true" if selection(name, param) else None
     raise TypeError(
         f"The {argument!r} argument of {owner} must be 'weights', 'all', an fnmatch pattern, "
         f"an nn.Module type, a predicate(name, param), a tensor, or a list of these; got "
@@ -135,12 +242,12 @@ def _matches(
     )
 
 
-def _check_explicit_tensors(selection: Any, known: dict[int, str], owner: str, argument: str) -> None:
+def check_explicit_tensors(selection: Any, known: dict[int, str], owner: str, argument: str) -> None:
     """Refuse explicit tensors that are not trainable parameters of the model."""
     items: Iterable[Any] = selection if isinstance(selection, (list, tuple)) else [selection]
     for item in items:
         if isinstance(item, (list, tuple)):
-            _check_explicit_tensors(item, known, owner, argument)
+            check_explicit_tensors(item, known, owner, argument)
         elif isinstance(item, torch.Tensor) and id(item) not in known:
             if isinstance(item, nn.Parameter) and not item.requires_grad:
                 continue  # frozen parameters are skipped
@@ -190,12 +297,13 @@ def select_parameters(
     model = unwrap_model(model)
     candidates = named_trainable_parameters(model)
     known = {id(p): n for n, p, _ in candidates}
-    _check_explicit_tensors(params, known, owner, argument)
+    check_explicit_tensors(params, known, owner, argument)
+    no_decay = NoDecayRules.of(model)
     chosen = []
     for name, param, module in candidates:
-        if not _matches(params, name, param, module, owner, argument):
+        if match_reason(params, name, param, module, owner, argument, no_decay) is None:
             continue
-        if exclude is not None and _matches(exclude, name, param, module, owner, "exclude"):
+        if exclude is not None and match_reason(exclude, name, param, module, owner, "exclude", no_decay):
             continue
         _check_dtype(name, param, owner)
         chosen.append((name, param))

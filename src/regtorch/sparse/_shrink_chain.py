@@ -79,6 +79,8 @@ class Step:
         keeps_constants: For pooling: whether a spatially constant channel stays constant (zero
             channels always stay zero).
         reason: For barriers: why the step cannot be looked through.
+        structural: For barriers: the module is not a simple chain (a residual connection, a
+            branch, several inputs) or cannot be traced, as opposed to an unsupported layer type.
     """
 
     kind: str
@@ -89,6 +91,7 @@ class Step:
     dims: int = 0
     keeps_constants: bool = True
     reason: str = ""
+    structural: bool = False
 
 
 def display_name(name: str) -> str:
@@ -100,8 +103,12 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _barrier(name: str, label: str, fn: Callable[[torch.Tensor], Any], reason: str) -> Step:
-    return Step(BARRIER, name, label, fn, reason=f"{display_name(name)} ({label}): {reason}")
+def _barrier(
+    name: str, label: str, fn: Callable[[torch.Tensor], Any], reason: str, structural: bool = False
+) -> Step:
+    return Step(
+        BARRIER, name, label, fn, reason=f"{display_name(name)} ({label}): {reason}", structural=structural
+    )
 
 
 def _classify_module(name: str, module: nn.Module) -> Step | None:
@@ -253,11 +260,11 @@ def _expand(module: nn.Module, name: str, steps: list[Step]) -> None:
     except Exception as error:  # any tracing failure makes the module opaque
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         reason = f"torch.fx cannot trace it ({type(error).__name__}: {first_line}); left unchanged"
-        steps.append(_barrier(name, label, module, reason))
+        steps.append(_barrier(name, label, module, reason, structural=True))
         return
     chain = _chain_nodes(graph)
     if isinstance(chain, str):
-        steps.append(_barrier(name, label, module, chain + "; left unchanged"))
+        steps.append(_barrier(name, label, module, chain + "; left unchanged", structural=True))
         return
     for node in chain:
         if node.op == "call_module":

@@ -61,6 +61,7 @@ class Layer:
     out_const: torch.Tensor | None = None  # bool per output unit
     out_vals: torch.Tensor | None = None  # float64 constant value per output unit
     keep: torch.Tensor | None = None  # bool per output unit
+    keep_in: torch.Tensor | None = None  # bool per input feature, when unused inputs are selected away
 
 
 @dataclass
@@ -282,11 +283,28 @@ def _backward(layers: list[Layer], atol: float, notes: list[str]) -> None:
             )
 
 
+def _select_inputs(layers: list[Layer], atol: float, notes: list[str]) -> None:
+    """Mark the unused input features of Linear layers whose inputs are not otherwise shrunk."""
+    for layer in layers:
+        if layer.step.kind != LINEAR or layer.in_link is not None:
+            continue
+        used = (_flat_weight(layer.module)[layer.keep].abs() > atol).flatten(2).any(dim=2).any(dim=0)
+        if used.all():
+            continue
+        if not used.any():
+            used[0] = True
+            notes.append(
+                f"{display_name(layer.step.name)}: every input feature is unused; feature 0 is kept so "
+                "that the layer is not empty"
+            )
+        layer.keep_in = used
+
+
 def new_tensors(layer: Layer) -> dict[str, torch.Tensor | None]:
     """The layer's new weight and bias."""
     module, link = layer.module, layer.in_link
     n_in = units(module)[1]
-    keep_in = torch.ones(n_in, dtype=torch.bool)
+    keep_in = torch.ones(n_in, dtype=torch.bool) if layer.keep_in is None else layer.keep_in
     fold_in = torch.zeros(n_in, dtype=torch.bool)
     if link is not None:
         keep_in = _per_unit(link.src.keep, link)
@@ -319,7 +337,7 @@ def bn_keeps(layer: Layer) -> list[tuple[Step, torch.Tensor, bool]]:
 
 def plan_layers(
     steps: list[Step], shapes: list[Any], atol: float, owner: str, skipped: list[str],
-    notes: list[str],
+    notes: list[str], remove_inputs: bool = False,
 ) -> list[Layer]:
     """Link the weight layers of the chain and decide which units of each stay.
 
@@ -330,6 +348,8 @@ def plan_layers(
         owner: The public function, for messages.
         skipped: Receives what is not shrunk, and why.
         notes: Receives other remarks.
+        remove_inputs: Also mark the all-zero input columns of Linear layers whose inputs are
+            not linked to a previous layer (the model's first Linear, or one after a barrier).
 
     Returns:
         The weight layers in forward order, each with its ``keep`` mask of output units.
@@ -338,4 +358,6 @@ def plan_layers(
         layers = _build(steps, shapes, owner, skipped)
         _forward(layers, atol)
         _backward(layers, atol, notes)
+        if remove_inputs:
+            _select_inputs(layers, atol, notes)
     return layers
