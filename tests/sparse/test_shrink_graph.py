@@ -83,6 +83,22 @@ def test_residual_groups_are_removed_with_equal_outputs() -> None:
     assert "coupled groups (dependency graph): 3 all zero, 3 removed, 0 kept" in report.format()
 
 
+def test_a_family_that_is_zero_everywhere_keeps_one_group() -> None:
+    model = resnet()
+    groups = coupled_groups(model, X)
+    inner = list(range(6, 6 + 5))  # every unit inside block 3
+    zero_groups(model, groups, inner)
+    expected = model(X)
+    with pytest.warns(UserWarning, match="shrink kept 1 all-zero coupled group"):
+        small, report = shrink(model, example_input=X, return_report=True)
+    assert report.removed_groups == 4
+    assert [g.reason for g in report.kept_groups] == [
+        "kept so that its layers keep one channel (every group of its family is zero)"
+    ]
+    assert small[3].conv1.out_channels == 1
+    torch.testing.assert_close(small(X), expected, atol=1e-12, rtol=0)
+
+
 def test_report_leaves_the_model_alone_and_inplace_changes_it() -> None:
     model = resnet()
     groups = coupled_groups(model, X)

@@ -40,7 +40,10 @@ class Rule:
 
     def describe(self) -> str:
         """``selection: penalty (N tensors)``."""
-        return f"{describe_selection(self.selection)}: {self.penalty!r} ({len(self.params)} tensors)"
+        what = "'weights'" if self.selection is None else describe_selection(self.selection)
+        if not self.per_tensor:
+            what = "coupled channels" if self.selection is None else f"coupled channels of {what}"
+        return f"{what}: {self.penalty!r} ({len(self.params)} tensors)"
 
 
 def _coupled(term: Penalty) -> bool:

@@ -274,6 +274,20 @@ def _totals(model: nn.Module) -> tuple[int, int]:
     return params, sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def _keep_one_per_empty_family(groups: CoupledGroups, candidates: torch.Tensor, reasons: dict[int, str]) -> None:
+    """Where every group of a family is zero, keep its first one: a layer needs one channel or head.
+
+    The kept group is zero, so the outputs stay the same; ``candidates`` is updated in place.
+    """
+    families = torch.tensor(groups.families, dtype=torch.int64)
+    for family in families[candidates].unique().tolist():
+        members = families == family
+        if bool(candidates[members].all()):
+            first = int(members.nonzero()[0])
+            candidates[first] = False
+            reasons[first] = "kept so that its layers keep one channel (every group of its family is zero)"
+
+
 def plan_graph(model: nn.Module, example_input: Any, atol: float, owner: str) -> GraphPlan:
     """Trace ``model``, find its all-zero coupled groups and remove them from a checked copy."""
     groups = build_groups(model, trace_families(model, example_input, None, owner), include_blocked=True)
@@ -281,6 +295,7 @@ def plan_graph(model: nn.Module, example_input: Any, atol: float, owner: str) ->
     blocked = torch.tensor([bool(b) for b in groups.blocked], dtype=torch.bool)
     candidates = zero & ~blocked
     reasons = {int(g): groups.blocked[int(g)] for g in (zero & blocked).nonzero().flatten()}
+    _keep_one_per_empty_family(groups, candidates, reasons)
     base = eval_outputs(model, example_input)
     remove = torch.zeros(groups.num_groups, dtype=torch.bool)
     shrunk = None

@@ -232,7 +232,7 @@ def _total_penalty(
         if pen is not None and _coupled(pen):
             coupled.setdefault(id(pen), (pen, []))[1].append(param)
     for pen, params in coupled.values():
-        total += factor * float(pen.value(params))
+        total += factor * float(pen.value([p.detach() for p in params]))
     return total
 
 
