@@ -57,7 +57,7 @@ def _reference_value(reg: rt.Regularizer) -> torch.Tensor:
 
 
 def test_the_groups_are_the_residual_streams_and_the_inner_channels() -> None:
-    model, _, reg = _setup()
+    _, _, reg = _setup()
     (rule,) = reg.rules
     grouping = rule.penalty.grouping
     assert grouping.num_groups == 16  # 8 stream channels, 8 inner channels of the block

@@ -274,7 +274,9 @@ def _totals(model: nn.Module) -> tuple[int, int]:
     return params, sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _keep_one_per_empty_family(groups: CoupledGroups, candidates: torch.Tensor, reasons: dict[int, str]) -> None:
+def _keep_one_per_empty_family(
+    groups: CoupledGroups, candidates: torch.Tensor, reasons: dict[int, str]
+) -> None:
     """Where every group of a family is zero, keep its first one: a layer needs one channel or head.
 
     The kept group is zero, so the outputs stay the same; ``candidates`` is updated in place.
