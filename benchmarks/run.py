@@ -1,5 +1,8 @@
 """regtorch's performance suite: one table per target of issue 5, ratios measured in one run.
 
+Loss mode is timed twice: with ``.grad`` already holding a tensor (gradients accumulate into it) and
+with ``.grad`` set to ``None`` before each call, as ``optimizer.zero_grad()`` leaves it by default.
+
 Usage::
 
     python benchmarks/run.py [--device cpu|cuda] [--sizes 1M,10M,50M] [--repeats 7] [--json out.json]
@@ -106,17 +109,28 @@ def grad_prox_variants(params: list[torch.Tensor]) -> dict[str, Callable[[], obj
     }
 
 
-def loss_variants(params: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
-    def backward(value: torch.Tensor) -> None:
-        value.backward()
+GRADS = ("accumulate", "set_to_none")
+"""How ``.grad`` is found by each backward: existing (accumulated into), or ``None`` as after
+``optimizer.zero_grad()`` (its default ``set_to_none=True``: autograd takes the new tensor)."""
+
+
+def loss_variants(params: list[torch.Tensor], grads: str = "accumulate") -> dict[str, Callable[[], object]]:
+    def backward(value: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            if grads == "set_to_none":
+                for p in params:
+                    p.grad = None
+            value().backward()
+
+        return run
 
     return {
-        "tutorial: torch.cat + abs/pow + backward": lambda: backward(tutorial_value(params)),
-        "per-parameter abs().sum() + backward": lambda: backward(
-            sum(1e-6 * p.abs().sum() + 1e-6 * p.pow(2).sum() for p in params)
+        "tutorial: torch.cat + abs/pow + backward": backward(lambda: tutorial_value(params)),
+        "per-parameter abs().sum() + backward": backward(
+            lambda: sum(1e-6 * p.abs().sum() + 1e-6 * p.pow(2).sum() for p in params)
         ),
-        "regtorch loss mode (eager) + backward": lambda: backward(PENALTY.value(params, fused=False)),
-        "regtorch loss mode (fused) + backward": lambda: backward(PENALTY.value(params, fused=True)),
+        "regtorch loss mode (eager) + backward": backward(lambda: PENALTY.value(params, fused=False)),
+        "regtorch loss mode (fused) + backward": backward(lambda: PENALTY.value(params, fused=True)),
     }
 
 
@@ -154,7 +168,7 @@ def _memory_child(kind: str, variant: str, numel: int) -> None:
     params = [p for n, p in model.named_parameters() if p.ndim >= 2]
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    table = grad_prox_variants(params) if kind == "grad_prox" else loss_variants(params)
+    table = grad_prox_variants(params) if kind == "grad_prox" else loss_variants(params, "set_to_none")
     table[variant]()  # warm up first (compilation memory is not the kernel's)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     with open("/proc/self/clear_refs", "w") as handle:
@@ -214,18 +228,24 @@ def table_loss(sizes: list[int], device: str, repeats: int, memory: bool) -> lis
     for numel in sizes:
         model = make_model(numel, device)
         params = [p for p in model.parameters() if p.ndim >= 2]
-        times = time_interleaved(loss_variants(params), device, repeats)
-        tutorial = times["tutorial: torch.cat + abs/pow + backward"]
-        for name, seconds in times.items():
-            row = {
-                "size": numel,
-                "variant": name,
-                "ms": 1e3 * seconds,
-                "speedup_vs_tutorial": tutorial / seconds,
-            }
-            if memory and device == "cpu":
-                row["extra_peak_x"] = peak_extra_memory("loss", name, numel)
-            rows.append(row)
+        variants = {
+            f"{name} [{grads}]": call for grads in GRADS for name, call in loss_variants(params, grads).items()
+        }
+        times = time_interleaved(variants, device, repeats)
+        for grads in GRADS:
+            tutorial = times[f"tutorial: torch.cat + abs/pow + backward [{grads}]"]
+            for name in loss_variants(params, grads):
+                seconds = times[f"{name} [{grads}]"]
+                row = {
+                    "size": numel,
+                    "grads": grads,
+                    "variant": name,
+                    "ms": 1e3 * seconds,
+                    "speedup_vs_tutorial": tutorial / seconds,
+                }
+                if memory and device == "cpu" and grads == "set_to_none":
+                    row["extra_peak_x"] = peak_extra_memory("loss", name, numel)
+                rows.append(row)
     return rows
 
 

@@ -1,11 +1,12 @@
 """Structured sparsity on a real architecture, end to end: train, shrink, save.
 
 A small Hugging Face ResNet (residual stages, BatchNorm; built from a config, nothing downloaded)
-learns scikit-learn's 8×8 digits with a group lasso over its *coupled* channels in prox mode: one
-group per channel of each residual stream (every convolution adding into it, their BatchNorms, every
-layer reading it) and per inner channel of each block. Whole groups become exactly zero;
-``regtorch.shrink`` removes them, the smaller model gives the same outputs, and it is saved. The
-script prints parameter counts, CPU latency and accuracy before and after.
+learns scikit-learn's 8×8 digits (upsampled to 32×32) with a group lasso over its *coupled*
+channels in prox mode: one group per channel of each residual stream (every convolution adding
+into it, their BatchNorms, every layer reading it) and per inner channel of each block. Whole
+groups become exactly zero; ``regtorch.shrink`` removes them, the smaller model gives the same
+outputs, trains on with a new optimizer (no penalty: the accuracy the penalty cost comes back) and
+is saved. The script prints parameter counts, CPU latency and accuracy at each stage.
 
 Needs ``pip install "regtorch[hf,prune]"`` and scikit-learn.
 """
@@ -26,7 +27,7 @@ import sys
 
 import regtorch
 
-STRENGTH = float(sys.argv[1]) if len(sys.argv) > 1 else 0.03
+STRENGTH = float(sys.argv[1]) if len(sys.argv) > 1 else 0.1
 torch.manual_seed(0)
 torch.set_num_threads(1)
 digits = load_digits()
@@ -38,19 +39,26 @@ x_train, x_test, y_train, y_test = (
 )
 
 config = transformers.ResNetConfig(
-    num_channels=1, embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic",
+    num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
     num_labels=10, downsample_in_first_stage=False,
 )  # fmt: skip
 model = transformers.ResNetForImageClassification(config)
+
+
+def train(net: torch.nn.Module, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+    for _ in range(epochs):
+        net.train()
+        for batch in torch.randperm(len(x_train)).split(32):
+            optimizer.zero_grad()
+            net(pixel_values=x_train[batch], labels=y_train[batch]).loss.backward()
+            optimizer.step()
+
+
+# 1. Train with a group lasso over the coupled channels: the prox step zeroes whole groups.
 reg = regtorch.Regularizer(model, regtorch.GroupLasso(STRENGTH, "coupled"), mode="prox", example_input=x_train[:8])
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 reg.attach(optimizer)
-for epoch in range(12):
-    model.train()
-    for batch in torch.randperm(len(x_train)).split(32):
-        optimizer.zero_grad()
-        model(pixel_values=x_train[batch], labels=y_train[batch]).loss.backward()
-        optimizer.step()
+train(model, optimizer, 10)
 (rule,) = reg.rules
 grouping = rule.penalty.grouping
 (sumsq,) = grouping.sumsq([p.detach() for p in rule.params], "reference")
@@ -73,11 +81,16 @@ def latency_ms(net: torch.nn.Module, repeats: int = 20) -> float:
     return 1e3 * statistics.median(times)
 
 
+# 2. Shrink: the all-zero coupled groups go; the eval outputs stay the same.
 model.eval()
 small, report = regtorch.shrink(model, example_input=x_test[:8], return_report=True)
 small.eval()
 with torch.no_grad():
     difference = float((model(pixel_values=x_test).logits - small(pixel_values=x_test).logits).abs().max())
+shrunk_accuracy = accuracy(small)
+# 3. Train on without the penalty, with a new optimizer (the parameters are new objects), then save.
+train(small, torch.optim.SGD(small.parameters(), lr=0.02, momentum=0.9), 5)
+small.eval()
 with tempfile.TemporaryDirectory() as folder:
     path = Path(folder) / "resnet-shrunk.pt"
     torch.save(small, path)  # the whole module: its layers now have other sizes than the config says
@@ -87,6 +100,7 @@ with tempfile.TemporaryDirectory() as folder:
 
 params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters()))
 print(f"parameters: {params[0]:,} -> {params[1]:,} ({1 - params[1] / params[0]:.1%} fewer); saved {saved_kib:.0f} KiB")
-print(f"test accuracy: {accuracy(model):.2%} -> {accuracy(small):.2%}; max |logit difference| {difference:.2g}")
+print(f"test accuracy: {accuracy(model):.2%}, shrunk {shrunk_accuracy:.2%} (max |logit difference| "
+      f"{difference:.2g}), after 5 epochs without the penalty {accuracy(small):.2%}")
 print(f"CPU latency (450 images, 1 thread): {latency_ms(model):.1f} ms -> {latency_ms(small):.1f} ms")
 print(report.format(4))

@@ -111,6 +111,17 @@ def _barrier(
     )
 
 
+def _recomputes_weight(module: nn.Module) -> bool:
+    """Whether ``torch.nn.utils.prune`` or the old ``spectral_norm`` reparametrize ``module.weight``:
+    they keep the learned tensor as ``weight_orig`` and rebuild ``weight`` in a forward pre-hook.
+    (Other forward hooks cannot be seen through public APIs; a model with hooks that change a
+    layer's output should not be shrunk.)"""
+    names = {n for n, _ in module.named_parameters(recurse=False)} | {
+        n for n, _ in module.named_buffers(recurse=False)
+    }
+    return any(n.endswith("_orig") or n.endswith("_mask") for n in names)
+
+
 def _classify_module(name: str, module: nn.Module) -> Step | None:
     """Return the step of a supported built-in layer, a barrier for a refused one, else None."""
     label = type(module).__name__
@@ -118,13 +129,11 @@ def _classify_module(name: str, module: nn.Module) -> Step | None:
         return _barrier(name, label, module, "parametrized modules are not shrunk; left unchanged")
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
         return _barrier(name, label, module, "lazy module not initialized yet; left unchanged")
-    if (module._forward_hooks or module._forward_pre_hooks) and any(
-        isinstance(module, t) for t in (nn.Linear, *_CONV_TYPES, *_BN_TYPES)
-    ):
+    if _recomputes_weight(module):
         return _barrier(
             name, label, module,
-            "has forward hooks (torch.nn.utils.prune or spectral_norm, for example), which may "
-            "recompute its weights; left unchanged (make them permanent first, e.g. prune.remove)",
+            "its weight is recomputed before each forward (torch.nn.utils.prune or spectral_norm: a "
+            "'weight_orig' parameter); left unchanged (make it permanent first, e.g. prune.remove)",
         )  # fmt: skip
     if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
         return Step(LINEAR, name, label, module, module)
@@ -198,9 +207,7 @@ def _classify_node(prefix: str, node: fx.Node) -> Step:
     name = f"{prefix}:{node.name}" if prefix else node.name
     fn = _node_fn(node)
     is_method = node.op == "call_method"
-    if (is_method and target in _ELEMENTWISE_METHODS) or (
-        not is_method and target in _ELEMENTWISE_FUNCTIONS
-    ):
+    if (is_method and target in _ELEMENTWISE_METHODS) or (not is_method and target in _ELEMENTWISE_FUNCTIONS):
         return Step(ELEMENTWISE, name, label, fn)
     if not is_method and target in _DROPOUT_FUNCTIONS:
         return Step(DROPOUT, name, label, fn)
@@ -246,9 +253,12 @@ def _chain_nodes(graph: fx.Graph) -> list[fx.Node] | str:
 
 def _expand(module: nn.Module, name: str, steps: list[Step]) -> None:
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-        for child_name, child in module._modules.items():  # as forward: duplicates too
-            if child is not None:
-                _expand(child, _join(name, child_name), steps)
+        children = [(n, m) for n, m in module.named_modules(remove_duplicate=False) if n and "." not in n]
+        for child_name, child in children:  # in forward order, a layer used twice twice
+            _expand(child, _join(name, child_name), steps)
+        return
+        for child_name, child in children:  # in forward order
+            _expand(child, _join(name, child_name), steps)
         return
     step = _classify_module(name, module)
     if step is not None:
