@@ -17,6 +17,7 @@ CASES = [
     ("linear_vs_sklearn.py", (), "largest coefficient difference"),
     ("lightning_example.py", ("lightning",), "dead hidden neurons"),
     ("hf_example.py", ("transformers", "accelerate"), "regularized tensors"),
+    ("structured_sparsity.py", ("transformers", "torch_pruning", "sklearn"), "fewer); saved"),
 ]
 
 
