@@ -291,6 +291,7 @@ def _trace(session, out: Path, values: list[float], state, reporter: Reporter, p
         started = time.perf_counter()
         optimizer = build_optimizer(cfg, model)
         reg = build_regularizer(cfg, model, stage_penalty(cfg, strength))
+        assert reg is not None  # a stage penalty is given
         handle = reg.attach(optimizer) if reg.mode != "loss" else None
         trainer = Trainer(
             model,
