@@ -115,7 +115,8 @@ def estimate_max_strength(cfg: TrainConfig, model: torch.nn.Module, x, y) -> flo
         with torch.no_grad():
             return 10.0 * float(loss) / max(float(reg.penalty()), 1e-12)
     loss.backward()
-    grads = [p.grad.detach() for p in params]
+    # A parameter the loss does not reach has no .grad: its gradient is zero.
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
     adaptive = cfg.optimizer in _ADAPTIVE and cfg.mode == "prox"
     estimates = []
     for term, slope in sparse:
