@@ -59,10 +59,10 @@ def check_mode(owner: str, mode: Any) -> str:
     return mode
 
 
-def check_penalty(owner: str, penalty: Any) -> None:
-    """Raise ``TypeError`` unless ``penalty`` is a Penalty or a non-empty list of rules."""
+def check_penalty(owner: str, penalty: Any) -> Penalty | Sequence[tuple[Any, Penalty]]:
+    """Return ``penalty`` if it is a Penalty or a non-empty list of rules; raise ``TypeError`` otherwise."""
     if isinstance(penalty, Penalty):
-        return
+        return penalty
     if (
         isinstance(penalty, (list, tuple))
         and penalty
@@ -71,7 +71,7 @@ def check_penalty(owner: str, penalty: Any) -> None:
             for rule in penalty
         )
     ):
-        return
+        return penalty
     raise TypeError(
         f"The 'penalty' argument of {owner} must be a regtorch Penalty (e.g. regtorch.L1(1e-4)) or a "
         f"non-empty list of (selection, Penalty) pairs; got {penalty!r}."

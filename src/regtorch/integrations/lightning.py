@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,10 +37,15 @@ _pl = import_framework(
     what="Lightning (the 'lightning' package)",
 )
 
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback as _Callback
+else:
+    _Callback = _pl.Callback
+
 __all__ = ["Regularization"]
 
 
-class Regularization(_pl.Callback):
+class Regularization(_Callback):
     """A Lightning callback that regularizes the ``LightningModule`` being fitted.
 
     At ``on_fit_start`` it builds a :class:`regtorch.Regularizer` on the module (parameter names

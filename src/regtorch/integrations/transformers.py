@@ -17,7 +17,7 @@ import json
 import warnings
 import weakref
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -38,6 +38,13 @@ _callbacks = import_framework(
     extra="hf",
     what="Hugging Face transformers",
 )
+
+if TYPE_CHECKING:
+    from transformers.trainer_callback import ExportableState as _ExportableState
+    from transformers.trainer_callback import TrainerCallback as _TrainerCallback
+else:
+    _ExportableState = _callbacks.ExportableState
+    _TrainerCallback = _callbacks.TrainerCallback
 
 __all__ = ["RegularizationCallback"]
 
@@ -62,7 +69,7 @@ def _penalty_from_spec(penalty: Any) -> Any:
     return penalty
 
 
-class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableState):
+class RegularizationCallback(_TrainerCallback, _ExportableState):
     """A ``transformers.TrainerCallback`` that regularizes the model the ``Trainer`` trains.
 
     At ``on_train_begin`` — the Trainer has created its optimizer by then — it builds a
@@ -135,18 +142,17 @@ class RegularizationCallback(_callbacks.TrainerCallback, _callbacks.ExportableSt
         prefix: str = "regtorch/",
         **regularizer_kwargs: Any,
     ) -> None:
-        penalty = _penalty_from_spec(penalty)
-        check_penalty("RegularizationCallback", penalty)
+        spec = check_penalty("RegularizationCallback", _penalty_from_spec(penalty))
         self.mode = check_mode("RegularizationCallback", mode)
         if "mode" in regularizer_kwargs:
             raise TypeError("RegularizationCallback got 'mode' twice.")
-        self.penalty_spec = penalty
-        self.params = None if not isinstance(penalty, Penalty) and params == "weights" else params
+        self.penalty_spec = spec
+        self.params = None if not isinstance(spec, Penalty) and params == "weights" else params
         self.prefix = str(prefix)
         self.regularizer_kwargs = dict(regularizer_kwargs)
         self.regularizer: Regularizer | None = None
         self.restored_state: dict[str, Any] | None = None
-        self._key = json.dumps([repr(penalty), repr(self.params), mode])
+        self._key = json.dumps([repr(spec), repr(self.params), mode])
         self._model: torch.nn.Module | None = None
         self._handles: list[Any] = []
         self._rebuilt = False  # set (through the saved attributes) when the Trainer rebuilds it

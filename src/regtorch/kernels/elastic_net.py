@@ -223,7 +223,7 @@ def _compiled_value_grad(
     )
     if sums is FAILED:
         return None
-    abs_sum, square_sum = sums  # type: ignore[misc]
+    abs_sum, square_sum = sums
     if bulk < flat.numel():  # a partial last row (no divisor near ROW): the reference kernels
         tail = flat[bulk:]
         flat_out[bulk:] = _single_tensor_grad(tail, a1, a2)
@@ -240,7 +240,7 @@ def _compiled_sums(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     sums = _run_value(flat[:bulk].view(-1, row))
     if sums is FAILED:
         return None
-    abs_sum, square_sum = sums  # type: ignore[misc]
+    abs_sum, square_sum = sums
     if bulk < flat.numel():
         abs_sum = abs_sum + sum_abs(flat[bulk:])
         square_sum = square_sum + sum_square(flat[bulk:])

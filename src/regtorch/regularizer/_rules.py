@@ -125,7 +125,7 @@ def resolve_rules(
                 "list of (selection, penalty) rules: each rule has its own selection; got "
                 f"params={describe_selection(params)}."
             )
-        rules_in = list(penalty)  # type: ignore[arg-type]
+        rules_in = list(penalty)
     else:
         raise TypeError(
             "The 'penalty' argument of Regularizer must be a Penalty (e.g. regtorch.L1(1e-4)) "

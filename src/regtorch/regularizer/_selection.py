@@ -134,6 +134,13 @@ _TOKEN_NAMES = frozenset({
 })  # fmt: skip
 
 
+def _listed(module: nn.Module, method: str) -> Iterable[Any]:
+    """What ``module.<method>()`` lists, if the module's class defines that method; else nothing."""
+    if not callable(getattr(type(module), method, None)):
+        return ()
+    return getattr(module, method)() or ()
+
+
 @dataclass(frozen=True)
 class NoDecayRules:
     """What a model lists through timm's ``no_weight_decay()`` / ``no_weight_decay_keywords()``.
@@ -150,18 +157,14 @@ class NoDecayRules:
     @classmethod
     def of(cls, model: nn.Module) -> NoDecayRules:
         """Collect the rules of ``model`` and all its submodules."""
-        patterns, keywords = [], []
+        patterns: list[tuple[str, str]] = []
+        keywords: list[tuple[str, str, str]] = []
         for prefix, module in model.named_modules():
             where = repr(prefix) if prefix else "the model"
-            for attr, into in (("no_weight_decay", patterns), ("no_weight_decay_keywords", keywords)):
-                method = getattr(type(module), attr, None)
-                if not callable(method):
-                    continue
-                for item in getattr(module, attr)() or ():
-                    if attr == "no_weight_decay":
-                        into.append((f"{prefix}.{item}" if prefix else str(item), where))
-                    else:
-                        into.append((prefix, str(item), where))
+            for item in _listed(module, "no_weight_decay"):
+                patterns.append((f"{prefix}.{item}" if prefix else str(item), where))
+            for item in _listed(module, "no_weight_decay_keywords"):
+                keywords.append((prefix, str(item), where))
         return cls(tuple(patterns), tuple(keywords))
 
     def reason(self, name: str) -> str:
@@ -229,9 +232,9 @@ def match_reason(
         return "given as a tensor" if selection is param else None
     if isinstance(selection, (list, tuple)):
         for item in selection:
-            reason = match_reason(item, name, param, module, owner, argument, no_decay)
-            if reason is not None:
-                return reason
+            item_reason = match_reason(item, name, param, module, owner, argument, no_decay)
+            if item_reason is not None:
+                return item_reason
         return None
     if callable(selection):
         return f"{describe_selection(selection)}(name, param) is true" if selection(name, param) else None

@@ -159,7 +159,7 @@ def _member_slices(family: Family, params: dict[int, str]) -> list[tuple[str, in
     found = []
     for member in family.members:
         if isinstance(member.module, nn.Parameter):
-            pairs = [(member.module, member.dim)]
+            pairs: list[tuple[object, int]] = [(member.module, member.dim)]
         else:
             pairs = [(getattr(member.module, attr, None), dim)
                      for attr, dim in slice_dims(member.module, member.direction)]  # fmt: skip

@@ -71,7 +71,7 @@ def without_cache(model: nn.Module) -> Iterator[None]:
     The cache is state for generation, not an output to preserve, and tracing it (a concatenation of
     past and new keys) gives Torch-Pruning nothing to map.
     """
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)  # a Hugging Face PretrainedConfig, or None
     flag = getattr(config, "use_cache", None)
     if not isinstance(flag, bool) or not flag:
         yield

@@ -26,7 +26,15 @@ from regtorch.regularizer._selection import unwrap_model
 from regtorch.sparse._dependency import check_example_input
 from regtorch.sparse._dependency_trace import import_torch_pruning
 from regtorch.sparse._select_features import SelectFeatures
-from regtorch.sparse._shrink_chain import BARRIER, LINEAR, Step, display_name, extract_steps, infer_shapes
+from regtorch.sparse._shrink_chain import (
+    BARRIER,
+    LINEAR,
+    Step,
+    batch_norm_of,
+    display_name,
+    extract_steps,
+    infer_shapes,
+)
 from regtorch.sparse._shrink_graph import apply_plan, copy_model, plan_graph
 from regtorch.sparse._shrink_plan import Layer, bn_keeps, new_tensors, plan_layers, units
 from regtorch.sparse._shrink_report import LayerShrink, ShrinkReport
@@ -46,6 +54,8 @@ def _make_report(model: nn.Module, layers: list[Layer], report: ShrinkReport) ->
     added = 0
     for layer in layers:
         module, tensors = layer.module, new_tensors(layer)
+        new_weight = tensors["weight"]
+        assert layer.keep is not None and new_weight is not None  # plan_layers / new_tensors set them
         for attr, tensor in tensors.items():
             if tensor is not None:
                 if getattr(module, attr) is None:
@@ -63,10 +73,10 @@ def _make_report(model: nn.Module, layers: list[Layer], report: ShrinkReport) ->
             layer.step.name, layer.step.label,
             "neurons" if layer.step.kind == LINEAR else "filters",
             units(module)[0], int(layer.keep.sum()), removed, folded,
-            units(module)[1], tensors["weight"].shape[1], _numel(old), _numel(tensors),
+            units(module)[1], new_weight.shape[1], _numel(old), _numel(tensors),
         ))  # fmt: skip
         for step, keep, features in bn_keeps(layer):
-            bn, kept = step.module, int(keep.sum())
+            bn, kept = batch_norm_of(step), int(keep.sum())
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(bn, attr) is not None:
                     new[(id(bn), attr)] = torch.Size([kept])
@@ -237,18 +247,19 @@ def _apply(model: nn.Module, plan: _Plan) -> nn.Module:
     updates = [(layer, new_tensors(layer), bn_keeps(layer)) for layer in plan.layers]
     root = model
     for layer, tensors, norms in updates:
-        module = layer.module
+        module, weight = layer.module, tensors["weight"]
+        assert weight is not None  # new_tensors always gives the new weight
         requires_grad = module.weight.requires_grad
-        module.weight = nn.Parameter(tensors["weight"].clone(), requires_grad=requires_grad)
+        module.weight = nn.Parameter(weight.clone(), requires_grad=requires_grad)
         if tensors["bias"] is not None:
             module.bias = nn.Parameter(tensors["bias"].clone(), requires_grad=requires_grad)
-        n_out, n_in = tensors["weight"].shape[:2]
+        n_out, n_in = weight.shape[:2]
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = n_out, n_in
         else:
             module.out_channels, module.in_channels = n_out, n_in
         for step, keep, _ in norms:
-            bn = step.module
+            bn = batch_norm_of(step)
             for attr in ("weight", "bias"):
                 param = getattr(bn, attr)
                 if param is not None:

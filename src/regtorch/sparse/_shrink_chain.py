@@ -25,7 +25,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-__all__ = ["Step", "display_name", "extract_steps", "infer_shapes"]
+__all__ = ["Step", "batch_norm_of", "display_name", "extract_steps", "infer_shapes"]
 
 LINEAR, CONV, BATCHNORM, ELEMENTWISE, DROPOUT, FLATTEN, POOL, BARRIER = (
     "linear",
@@ -46,7 +46,7 @@ _ELEMENTWISE_MODULES: tuple[type, ...] = (
 _DROPOUT_MODULES: tuple[type, ...] = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 )  # fmt: skip
-_CONV_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TYPES: tuple[type[nn.Conv1d | nn.Conv2d | nn.Conv3d], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN_TYPES: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _POOL_DIMS: dict[type, int] = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
@@ -97,6 +97,12 @@ class Step:
 def display_name(name: str) -> str:
     """Return a quoted layer name for messages (the root module is ``'(model)'``)."""
     return repr(name) if name else "'(model)'"
+
+
+def batch_norm_of(step: Step) -> _BatchNorm:
+    """Return the BatchNorm layer of a :data:`BATCHNORM` step."""
+    assert isinstance(step.module, _BatchNorm), "a BATCHNORM step holds its BatchNorm layer"
+    return step.module
 
 
 def _join(prefix: str, name: str) -> str:
@@ -185,9 +191,12 @@ def _node_fn(node: fx.Node) -> Callable[[torch.Tensor], Any]:
     def run(tensor: torch.Tensor) -> Any:
         args = fx.node.map_arg(node.args, lambda _: tensor)
         kwargs = fx.node.map_arg(node.kwargs, lambda _: tensor)
+        target = node.target
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        return node.target(*args, **kwargs)
+            assert isinstance(target, str)  # torch.fx: a call_method node's target is the method name
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        assert callable(target)  # torch.fx: a call_function node's target is the function
+        return target(*args, **kwargs)
 
     return run
 
@@ -278,6 +287,7 @@ def _expand(module: nn.Module, name: str, steps: list[Step]) -> None:
         return
     for node in chain:
         if node.op == "call_module":
+            assert isinstance(node.target, str)  # torch.fx: a call_module node's target is its name
             _expand(module.get_submodule(node.target), _join(name, node.target), steps)
         elif node.op in ("call_function", "call_method"):
             steps.append(_classify_node(name, node))

@@ -94,7 +94,8 @@ def _resync(module: nn.Module, kept: int) -> None:
     elif isinstance(module, nn.PReLU):
         module.num_parameters = kept
     elif isinstance(weight, torch.Tensor) and hasattr(module, "nf") and hasattr(module, "nx"):
-        module.nx, module.nf = weight.shape
+        conv1d: Any = module  # a Hugging Face Conv1D (transformers is optional): nx, nf are plain ints
+        conv1d.nx, conv1d.nf = weight.shape
 
 
 def remove_groups_(model: nn.Module, groups: CoupledGroups, remove: torch.Tensor) -> None:
@@ -133,12 +134,12 @@ def remove_groups_(model: nn.Module, groups: CoupledGroups, remove: torch.Tensor
             keep = _keep(heads.group_ids, remove)
             if keep.all():
                 continue
-            module, old, kept = model.get_submodule(heads.name), keep.numel(), int(keep.sum())
+            module, total, kept = model.get_submodule(heads.name), keep.numel(), int(keep.sum())
             for attr in HEAD_COUNT_ATTRIBUTES:
-                if getattr(module, attr, None) == old:
+                if getattr(module, attr, None) == total:
                     setattr(module, attr, kept)
             for attr in _HEAD_WIDTH:
-                if getattr(module, attr, None) == old * heads.head_dim:
+                if getattr(module, attr, None) == total * heads.head_dim:
                     setattr(module, attr, kept * heads.head_dim)
 
 

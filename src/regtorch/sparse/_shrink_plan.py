@@ -44,6 +44,7 @@ from regtorch.sparse._shrink_chain import (
     LINEAR,
     POOL,
     Step,
+    batch_norm_of,
     display_name,
 )
 
@@ -122,7 +123,7 @@ def _add_op(seg: _Open, step: Step, in_shape: torch.Size | None, owner: str) -> 
     if step.kind in (ELEMENTWISE, DROPOUT):
         seg.ops.append((step, seg.view(), None))
     elif step.kind == BATCHNORM:
-        if seg.layout not in ("flat", "channels") or step.module.num_features != seg.units:
+        if seg.layout not in ("flat", "channels") or batch_norm_of(step).num_features != seg.units:
             return f"{where} does not normalize the units of {src}; they are kept"
         seg.ops.append((step, seg.view(), seg.unit_channel))
     elif step.kind == POOL:
@@ -211,13 +212,14 @@ def _per_unit(channel_flags: torch.Tensor, link: Link | None) -> torch.Tensor:
 def _propagate(link: Link, atol: float) -> None:
     """Carry the constant outputs of ``link.src`` through the ops to the inputs of ``link.dst``."""
     src = link.src
+    assert src.out_const is not None and src.out_vals is not None  # _forward reached src first
     const = src.out_const.clone()
     vals = torch.where(const, src.out_vals, 0.0).to(src.module.weight.dtype)
     for step, view, unit_channel in link.ops:
         if step.kind == FLATTEN:
             const, vals = const[unit_channel], vals[unit_channel]
         elif step.kind == BATCHNORM:
-            bn = step.module
+            bn = batch_norm_of(step)
             if bn.running_mean is None:
                 const = torch.zeros_like(const)
                 continue
@@ -252,6 +254,7 @@ def _forward(layers: list[Layer], atol: float) -> None:
         const_units = torch.zeros(n_in, dtype=torch.bool)
         if layer.in_link is not None:
             _propagate(layer.in_link, atol)
+            assert layer.in_link.foldable is not None  # set by _propagate
             const_units = _per_unit(layer.in_link.foldable, layer.in_link)
         zero = _flat_weight(layer.module).abs() <= atol
         layer.out_const = zero[:, ~const_units].flatten(1).all(dim=1)
@@ -272,6 +275,7 @@ def _backward(layers: list[Layer], atol: float, notes: list[str]) -> None:
             layer.keep = torch.ones(n_out, dtype=torch.bool)
             continue
         dst = link.dst
+        assert dst.keep is not None and link.foldable is not None  # dst came first here; _forward ran
         zero = _flat_weight(dst.module)[dst.keep].abs() <= atol
         unused = _per_channel(zero.all(dim=2).all(dim=0), link, n_out)
         layer.keep = ~(unused | link.foldable)
@@ -303,10 +307,12 @@ def _select_inputs(layers: list[Layer], atol: float, notes: list[str]) -> None:
 def new_tensors(layer: Layer) -> dict[str, torch.Tensor | None]:
     """The layer's new weight and bias."""
     module, link = layer.module, layer.in_link
+    assert layer.keep is not None  # set on every layer by plan_layers
     n_in = units(module)[1]
     keep_in = torch.ones(n_in, dtype=torch.bool) if layer.keep_in is None else layer.keep_in
     fold_in = torch.zeros(n_in, dtype=torch.bool)
     if link is not None:
+        assert link.src.keep is not None and link.foldable is not None  # set by plan_layers
         keep_in = _per_unit(link.src.keep, link)
         fold_in = _per_unit(link.foldable & ~link.src.keep, link)
     device = module.weight.device
@@ -327,6 +333,7 @@ def bn_keeps(layer: Layer) -> list[tuple[Step, torch.Tensor, bool]]:
     link = layer.out_link
     if link is None:
         return []
+    assert layer.keep is not None  # set on every layer by plan_layers
     return [
         (step, layer.keep if unit_channel is None else layer.keep[unit_channel],
          unit_channel is not None)

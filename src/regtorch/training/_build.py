@@ -60,6 +60,20 @@ def build_model(cfg: TrainConfig, input_shape: Sequence[int], num_classes: int) 
     return make_mlp(input_shape, num_classes, hidden)
 
 
+def _resolved(owner: str, option: str, value: float | None) -> float:
+    """Return ``value``, the ``option`` field of a config, which :meth:`TrainConfig.resolved` fills in.
+
+    Raises:
+        ValueError: If ``value`` is ``None``: the config was not resolved.
+    """
+    if value is None:
+        raise ValueError(
+            f"The 'cfg' argument of {owner} must be a resolved config (TrainConfig.resolved() fills in "
+            f"the defaults); got one with {option}=None."
+        )
+    return value
+
+
 def _fused_supported(cfg: TrainConfig) -> bool:
     return cfg.optimizer in ("adam", "adamw", "sgd")
 
@@ -70,9 +84,12 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     Adam, AdamW and SGD use their fused kernels when ``cfg.fused`` is not ``False`` and the
     kernels exist for the parameters' device (one kernel for all parameters: the cheapest step
     for small models); RMSprop uses the default implementation.
+
+    Raises:
+        ValueError: If ``cfg`` is not resolved (its ``lr`` is ``None``).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = float(cfg.lr)  # resolved
+    lr = float(_resolved("build_optimizer", "lr", cfg.lr))
     wd = float(cfg.weight_decay or 0.0)
     kwargs: dict = {}
     if cfg.fused is not False and _fused_supported(cfg):
@@ -123,14 +140,21 @@ def build_penalty(cfg: TrainConfig) -> regtorch.Penalty | None:
     ==================  ===============================================================
 
     Arguments the spec gives win; the options fill the others (``lp:p=3`` takes ``--strength``).
+
+    Raises:
+        ValueError: If ``cfg`` is not resolved and lacks a strength ``sparse-group`` or
+            ``ElasticNet.from_sklearn`` needs.
     """
     spec = parse_spec(cfg.penalty)
     if spec.name == "none":
         return None
     if spec.name == "sparse-group":
-        return regtorch.L1(cfg.l1) + regtorch.GroupLasso(cfg.strength, groups=cfg.groups)
+        l1 = _resolved("build_penalty", "l1", cfg.l1)
+        strength = _resolved("build_penalty", "strength", cfg.strength)
+        return regtorch.L1(l1) + regtorch.GroupLasso(strength, groups=cfg.groups)
     if spec.name == "ElasticNet" and cfg.alpha is not None:
-        return regtorch.ElasticNet.from_sklearn(alpha=cfg.alpha, l1_ratio=cfg.l1_ratio)
+        l1_ratio = _resolved("build_penalty", "l1_ratio", cfg.l1_ratio)
+        return regtorch.ElasticNet.from_sklearn(alpha=cfg.alpha, l1_ratio=l1_ratio)
     from_flags = {
         argument: getattr(cfg, option)
         for option, argument in flag_arguments(spec.name).items()

@@ -178,7 +178,7 @@ class DistTrainer(Trainer):
         """One optimizer step on this rank's share; return the global batch's mean data loss."""
         scale = self.ctx.world / self._global_n
         loss = F.cross_entropy(self.forward(xb), yb, reduction="sum") * scale
-        total = loss + self.regularizer.penalty() if self._loss_mode else loss
+        total = self._with_penalty(loss)
         self.optimizer.zero_grad()
         total.backward()
         self.optimizer.step()

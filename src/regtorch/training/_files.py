@@ -113,7 +113,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write a file atomically: a temporary file in the same folder, fsync, then rename.
 
     A reader (or a run killed at any moment) sees the old file or the new one, never half of one;
@@ -121,7 +121,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
     Args:
         path: The file to write.
-        write: Writes the content into the binary file object it is given.
+        write: Writes the content into the binary file object it is given (what it returns,
+            e.g. a byte count, is ignored).
 
     Raises:
         UsageError: If the file cannot be written (a full disk, a read-only folder); the previous

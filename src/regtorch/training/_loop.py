@@ -172,10 +172,17 @@ class Trainer:
         """Run one optimizer step on a batch; return its data loss (detached, not synced)."""
         self.optimizer.zero_grad()
         loss = F.cross_entropy(self.forward(xb), yb)
-        total = loss + self.regularizer.penalty() if self._loss_mode else loss
+        total = self._with_penalty(loss)
         total.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def _with_penalty(self, loss: torch.Tensor) -> torch.Tensor:
+        """Return ``loss`` plus the regularizer's penalty in loss mode, else ``loss`` itself."""
+        if not self._loss_mode:
+            return loss
+        assert self.regularizer is not None  # loss mode is only set with a regularizer
+        return loss + self.regularizer.penalty()
 
     def lr(self) -> float:
         """Return the first parameter group's current learning rate."""

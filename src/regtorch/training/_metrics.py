@@ -130,7 +130,7 @@ class MetricsWriter:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Return the rows of ``run_dir/metrics.jsonl`` (skipping a torn last line)."""
     path = Path(run_dir) / "metrics.jsonl"
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not path.exists():
         return rows
     for line in path.read_text().splitlines():

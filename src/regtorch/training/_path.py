@@ -115,7 +115,8 @@ def estimate_max_strength(cfg: TrainConfig, model: torch.nn.Module, x, y) -> flo
         with torch.no_grad():
             return 10.0 * float(loss) / max(float(reg.penalty()), 1e-12)
     loss.backward()
-    grads = [p.grad.detach() for p in params]
+    # A parameter the loss does not reach has no .grad: its gradient is zero.
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
     adaptive = cfg.optimizer in _ADAPTIVE and cfg.mode == "prox"
     estimates = []
     for term, slope in sparse:
@@ -291,6 +292,7 @@ def _trace(session, out: Path, values: list[float], state, reporter: Reporter, p
         started = time.perf_counter()
         optimizer = build_optimizer(cfg, model)
         reg = build_regularizer(cfg, model, stage_penalty(cfg, strength))
+        assert reg is not None  # a stage penalty is given
         handle = reg.attach(optimizer) if reg.mode != "loss" else None
         trainer = Trainer(
             model,

@@ -77,8 +77,8 @@ class Reporter:
                 TimeRemainingColumn,
             )
         except ImportError:
-            Progress = None
-        if Progress is not None:
+            pass
+        else:
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -265,7 +265,7 @@ def check_metrics_files(out: Path, offsets: dict[str, int], epochs: int, path: P
         except FileNotFoundError:
             if size == 0:
                 continue
-            problem = "it is missing"
+            problem: str | None = "it is missing"
         else:
             with os.fdopen(fd, "rb") as f:
                 actual = os.fstat(f.fileno()).st_size

@@ -127,7 +127,7 @@ def _prepare(
     explicit: Collection[str] | None,
     reporter: Reporter,
     require_checkpoint: bool,
-) -> tuple:
+) -> tuple[Any, ...]:
     """Claim and check the run folder and read a checkpoint to resume: ``("run", kind, out,
     cfg, state)``, or ``("done", summary)`` for a run that is already complete."""
     kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="train")
@@ -202,22 +202,25 @@ def run_train(
     out = None
     if main:
         out = Path(out_dir) if out_dir is not None else default_out_dir("train")
+
+    def prepare() -> tuple[Any, ...]:
+        assert out is not None  # set above on the main process, the only one that prepares
+        return _prepare(config, out, resume, overwrite, explicit, reporter, require_checkpoint)
+
     threads_before = torch.get_num_threads()
     completed = False
     try:
-        args = (config, out, resume, overwrite, explicit, reporter, require_checkpoint)
         if dist_ctx is None:
-            prepared = _prepare(*args)
+            prepared = prepare()
         else:
+            mine = None
             if main:
                 try:
-                    prepared = _prepare(*args)
+                    mine = prepare()
                 except Exception as exc:
                     dist_ctx.broadcast(("error", str(exc)))
                     raise
-            else:
-                prepared = None
-            prepared = dist_ctx.broadcast(prepared)
+            prepared = dist_ctx.broadcast(mine)
             if prepared[0] == "error":
                 raise UsageError(prepared[1])
         if prepared[0] == "done":

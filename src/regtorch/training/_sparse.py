@@ -55,6 +55,7 @@ class FineTune(Callback):
             group.pop("initial_lr", None)
         scheduler = build_scheduler(cfg.replace(epochs=cfg.finetune_epochs), trainer.optimizer)
         trainer.scheduler = self.session.scheduler = scheduler
+        assert self.frozen is not None  # set by _freeze above
         trainer.reporter.line(
             f"Fine-tuning {cfg.finetune_epochs} epoch(s) without the penalty, "
             f"{self.frozen.frozen_fraction:.1%} of the weights frozen at zero"

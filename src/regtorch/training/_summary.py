@@ -27,7 +27,7 @@ def summarize(
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
     val_loss = val_acc = None
-    if data.x_val is not None and data.n_val:
+    if data.x_val is not None and data.y_val is not None and data.n_val:
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
     parts = PenaltyParts(session.regularizer).values()
     penalty = float(sum(parts.values()))
