@@ -30,10 +30,12 @@ import torch
 __all__ = [
     "COMPILED_MIN_NUMEL",
     "COMPILED_MIN_TENSOR",
+    "EAGER_CHUNK",
     "FAILED",
     "SMALL_TENSOR",
     "Impl",
     "choose",
+    "chunks",
     "compiled",
     "compiled_available",
     "compiled_eligible",
@@ -115,6 +117,22 @@ def choose(tensors: Sequence[torch.Tensor], foreach: bool | None, fused: bool | 
             t.numel() < SMALL_TENSOR for t in tensors
         )
     return "foreach" if foreach else "reference"
+
+
+EAGER_CHUNK = 1 << 20
+"""Eager kernels of more than one operation walk a large tensor in pieces of this many elements,
+so that each piece's temporaries stay in cache (no parameter-sized temporary) and the operations
+after the first read it from cache rather than memory."""
+
+
+def chunks(*tensors: torch.Tensor, size: int = EAGER_CHUNK) -> list[tuple[torch.Tensor, ...]]:
+    """Matching 1-D pieces of contiguous tensors of one size: ``[(a[i:i+size], b[i:i+size]), ...]``.
+
+    Views, so in-place operations on the pieces change the tensors.
+    """
+    flat = [t.view(-1) for t in tensors]
+    n = flat[0].numel()
+    return [tuple(f[start : start + size] for f in flat) for start in range(0, n, size)]
 
 
 def group_by_device_and_dtype(tensors: Sequence[torch.Tensor]) -> list[list[int]]:

@@ -25,20 +25,26 @@ from collections.abc import Sequence
 import torch
 
 from regtorch.kernels._choose import (
+    EAGER_CHUNK,
     FAILED,
     Impl,
+    chunks,
     compiled,
     compiled_eligible,
     group_by_device_and_dtype,
     scalar_like,
 )
-from regtorch.kernels._sums import sum_abs, sum_square
+from regtorch.kernels._sums import CHUNK, accumulation_dtype, sum_abs, sum_square
 
 __all__ = ["add_grad_", "grad", "prox_", "scaled_prox_", "value", "value_and_grad"]
 
 
 # ----------------------------------------------------------------------------- reference
 def _single_tensor_value(tensors: Sequence[torch.Tensor], l1: float, l2: float) -> torch.Tensor:
+    if all(w.device.type == "cpu" for w in tensors):  # Python floats: fewer tensor operations
+        abs_sum = sum(float(sum_abs(w)) for w in tensors) if l1 else 0.0
+        square_sum = sum(float(sum_square(w)) for w in tensors) if l2 else 0.0
+        return torch.tensor(l1 * abs_sum + l2 * square_sum, dtype=torch.float64)
     total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
     for w in tensors:
         if l1:
@@ -58,18 +64,26 @@ def _single_tensor_add_grad_(
     tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], a1: float, a2: float
 ) -> None:
     for w, g in zip(tensors, grads, strict=True):
-        if a1:
-            g.add_(torch.sign(w), alpha=a1)
-        if a2:
+        if not a1:
             g.add_(w, alpha=a2)  # one kernel, no temporary
+            continue
+        pieces = (
+            chunks(w, g) if w.is_contiguous() and g.is_contiguous() and w.numel() > EAGER_CHUNK else [(w, g)]
+        )
+        for w_piece, g_piece in pieces:  # sign's temporary stays in cache, g is read back from it
+            g_piece.add_(torch.sign(w_piece), alpha=a1)
+            if a2:
+                g_piece.add_(w_piece, alpha=a2)
 
 
 def _single_tensor_prox_(tensors: Sequence[torch.Tensor], tau: float, divisor: float) -> None:
     for w in tensors:
-        if tau > 0:
-            torch.ops.aten.softshrink.out(w, tau, out=w)  # in place: one read, one write
-        if divisor != 1.0:
-            w.div_(divisor)
+        both = tau > 0 and divisor != 1.0
+        for (piece,) in chunks(w) if both and w.is_contiguous() and w.numel() > EAGER_CHUNK else [(w,)]:
+            if tau > 0:
+                torch.ops.aten.softshrink.out(piece, tau, out=piece)  # in place: one read, one write
+            if divisor != 1.0:
+                piece.div_(divisor)  # the piece is still in cache
 
 
 def _single_tensor_scaled_prox_(
@@ -88,6 +102,9 @@ def _multi_tensor_value(tensors: Sequence[torch.Tensor], l1: float, l2: float) -
     total = torch.zeros((), dtype=torch.float64, device=device)
     for indices in group_by_device_and_dtype(tensors):
         group = [tensors[i] for i in indices]
+        if group[0].device.type == "cpu":  # no multi-tensor norm kernel on CPU: one cheap reduction each
+            total = total + _cpu_small_value(group, l1, l2)
+            continue
         if l1:
             total = total + l1 * torch.stack(torch._foreach_norm(group, 1, dtype=torch.float64)).sum().to(
                 device
@@ -96,6 +113,24 @@ def _multi_tensor_value(tensors: Sequence[torch.Tensor], l1: float, l2: float) -
             norms = torch.stack(torch._foreach_norm(group, 2, dtype=torch.float64))
             total = total + l2 * norms.square().sum().to(device)
     return total
+
+
+def _cpu_small_value(group: Sequence[torch.Tensor], l1: float, l2: float) -> float:
+    """``λ₁Σ|w| + λ₂Σw²`` over CPU tensors: cascade sums in float32 (float64 for float64) for tensors
+    up to :data:`~regtorch.kernels._sums.CHUNK` elements (relative error ~1e-7), chunked float64
+    sums beyond."""
+    abs_sum = square_sum = 0.0
+    for w in group:
+        if w.numel() > CHUNK:
+            abs_sum += float(sum_abs(w)) if l1 else 0.0
+            square_sum += float(sum_square(w)) if l2 else 0.0
+            continue
+        acc = accumulation_dtype(w.dtype)
+        if l1:
+            abs_sum += float(w.abs().sum(dtype=acc))
+        if l2:
+            square_sum += float(w.square().sum(dtype=acc))
+    return l1 * abs_sum + l2 * square_sum
 
 
 def _multi_tensor_grad(tensors: Sequence[torch.Tensor], a1: float, a2: float) -> list[torch.Tensor]:
