@@ -8,10 +8,22 @@ commands, and ``--resume`` can tell a changed option from an unchanged default.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import NoReturn
 
 import regtorch
+from regtorch.cli._values import (
+    at_least_one,
+    count,
+    count0,
+    fraction,
+    layer_l1,
+    non_negative,
+    penalty_names,
+    penalty_spec,
+    positive,
+    sizes,
+    unit,
+)
 from regtorch.training._config import (
     GROUPINGS,
     MODELS,
@@ -19,10 +31,8 @@ from regtorch.training._config import (
     OPTIMIZERS,
     PROX_METRICS,
     SCHEDULES,
-    parse_layer_l1,
 )
 from regtorch.training._errors import UsageError
-from regtorch.training._penalty_spec import parse_spec
 
 __all__ = ["CONFIG_OPTIONS", "build_parser"]
 
@@ -47,81 +57,6 @@ class Parser(argparse.ArgumentParser):
         exc = UsageError(f"{message} (see '{self.prog} --help')")
         exc.prog = self.prog  # type: ignore[attr-defined]
         raise exc
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    """A finite float >= 0 (strengths, weight decay)."""
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
-
-
-def positive(text: str) -> float:
-    """A finite float > 0 (learning rate)."""
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A float in [0, 1)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {text}")
-    return value
-
-
-def unit(text: str) -> float:
-    """A float in [0, 1]."""
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {text}")
-    return value
-
-
-def _int(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be >= {low}; got {text}")
-    return value
-
-
-def count(text: str) -> int:
-    """An int >= 1."""
-    return _int(text, 1)
-
-
-def count0(text: str) -> int:
-    """An int >= 0."""
-    return _int(text, 0)
-
-
-def sizes(text: str) -> tuple[int, ...]:
-    """Comma-separated layer sizes, e.g. ``256,128``."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated layer sizes like 256,128; got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,128; got {text!r}")
-    return values
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -217,7 +152,7 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool, with_rules
             type=penalty_spec,
             default=S,
             metavar="SPEC",
-            help="none (default), a registered penalty (" + ", ".join(_penalty_names()) + ") or a "
+            help="none (default), a registered penalty (" + ", ".join(penalty_names()) + ") or a "
             "shorthand (group = grouplasso, sparse-group = l1 + grouplasso), optionally with its "
             "arguments: NAME:KEY=VALUE,... e.g. mcp:strength=3e-3,gamma=3",
         )
@@ -238,7 +173,7 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool, with_rules
     )
     g.add_argument("--l1-ratio", type=unit, default=S, help="with --alpha (default 0.5)")
     g.add_argument(
-        "--p", type=lambda t: _at_least_one(t), default=S, help="exponent of --penalty lp (default 1.5)"
+        "--p", type=lambda t: at_least_one(t), default=S, help="exponent of --penalty lp (default 1.5)"
     )
     g.add_argument(
         "--strength", type=non_negative, default=S, help="strength of --penalty lp and group (default 1e-2)"
@@ -278,35 +213,6 @@ def _reg_options(parser: argparse.ArgumentParser, with_penalty: bool, with_rules
         help="prox mode: euclidean (default) or adam (threshold lr*l1/(sqrt(v)+eps) per weight; "
         "Adam-family optimizers, element-wise penalties)",
     )
-
-
-def _penalty_names() -> list[str]:
-    return [name.lower() for name in regtorch.list_penalties()]
-
-
-def penalty_spec(text: str) -> str:
-    """``--penalty``: checked against the registry, kept as text (config.json holds it)."""
-    try:
-        parse_spec(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--penalty: ")) from None
-    return text
-
-
-def layer_l1(text: str) -> str:
-    """``--layer-l1``: checked by :func:`parse_layer_l1`, kept as text (config.json holds it)."""
-    try:
-        parse_layer_l1(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--layer-l1 ")) from None
-    return text
-
-
-def _at_least_one(text: str) -> float:
-    value = _number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {text}")
-    return value
 
 
 def _output_options(parser: argparse.ArgumentParser, resumable: bool = True) -> None:

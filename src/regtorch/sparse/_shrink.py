@@ -15,7 +15,6 @@ of the model, or to the model itself.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,93 +22,22 @@ from torch import nn
 
 from regtorch._validation import Interval, check_real
 from regtorch.regularizer._selection import unwrap_model
+from regtorch.sparse import _shrink_chain_apply as _chain_apply
 from regtorch.sparse._dependency import check_example_input
 from regtorch.sparse._dependency_trace import import_torch_pruning
-from regtorch.sparse._select_features import SelectFeatures
 from regtorch.sparse._shrink_chain import (
     BARRIER,
-    LINEAR,
     Step,
-    batch_norm_of,
     display_name,
     extract_steps,
-    infer_shapes,
 )
 from regtorch.sparse._shrink_graph import apply_plan, copy_model, plan_graph
-from regtorch.sparse._shrink_plan import Layer, bn_keeps, new_tensors, plan_layers, units
-from regtorch.sparse._shrink_report import LayerShrink, ShrinkReport
+from regtorch.sparse._shrink_report import ShrinkReport
 
 __all__ = ["shrink", "shrink_report"]
 
 METHODS = ("auto", "chain", "graph")
 _INPLACE_HINT = "pass inplace=True to shrink the model itself"
-
-
-def _numel(tensors: dict[str, torch.Tensor | None]) -> int:
-    return sum(t.numel() for t in tensors.values() if t is not None)
-
-
-def _make_report(model: nn.Module, layers: list[Layer], report: ShrinkReport) -> None:
-    new: dict[tuple[int, str], torch.Size] = {}
-    added = 0
-    for layer in layers:
-        module, tensors = layer.module, new_tensors(layer)
-        new_weight = tensors["weight"]
-        assert layer.keep is not None and new_weight is not None  # plan_layers / new_tensors set them
-        for attr, tensor in tensors.items():
-            if tensor is not None:
-                if getattr(module, attr) is None:
-                    added += tensor.numel() * tensor.element_size()
-                    report.params_after += tensor.numel()
-                    report.notes.append(
-                        f"{display_name(layer.step.name)}: a bias is added to hold folded constants"
-                    )
-                new[(id(module), attr)] = tensor.shape
-        removed = tuple(int(i) for i in (~layer.keep).nonzero().flatten())
-        foldable = layer.out_link.foldable if layer.out_link is not None else None
-        folded = tuple(i for i in removed if foldable is not None and bool(foldable[i]))
-        old = {"weight": module.weight, "bias": module.bias}
-        report.layers.append(LayerShrink(
-            layer.step.name, layer.step.label,
-            "neurons" if layer.step.kind == LINEAR else "filters",
-            units(module)[0], int(layer.keep.sum()), removed, folded,
-            units(module)[1], new_weight.shape[1], _numel(old), _numel(tensors),
-        ))  # fmt: skip
-        for step, keep, features in bn_keeps(layer):
-            bn, kept = batch_norm_of(step), int(keep.sum())
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(bn, attr) is not None:
-                    new[(id(bn), attr)] = torch.Size([kept])
-            before = sum(p.numel() for p in bn.parameters(recurse=False))
-            report.layers.append(LayerShrink(
-                step.name, step.label, "features" if features else "channels",
-                bn.num_features, kept, tuple(int(i) for i in (~keep).nonzero().flatten()), (),
-                bn.num_features, kept, before, 2 * kept if bn.affine else 0,
-            ))  # fmt: skip
-        if layer.keep_in is not None:
-            kept, prefix = int(layer.keep_in.sum()), f"{layer.step.name}." if layer.step.name else ""
-            added += kept * 8  # the int64 index of the SelectFeatures placed in front
-            report.notes.append(
-                f"{display_name(layer.step.name)}: {len(layer.keep_in) - kept} of its "
-                f"{len(layer.keep_in)} input features are unused; a SelectFeatures in front keeps the "
-                f"other {kept} (the layer moves to '{prefix}1', the index is '{prefix}0.index')"
-            )
-    seen: set[int] = set()
-    for module in model.modules():
-        for is_param, named in ((True, module.named_parameters(recurse=False)),
-                                (False, module.named_buffers(recurse=False))):  # fmt: skip
-            for attr, tensor in named:
-                if id(tensor) in seen:
-                    continue
-                seen.add(id(tensor))
-                numel = new.get((id(module), attr), tensor.shape).numel()
-                report.bytes_before += tensor.numel() * tensor.element_size()
-                report.bytes_after += numel * tensor.element_size()
-                if is_param:
-                    report.params_before += tensor.numel()
-                    report.params_after += numel
-    report.bytes_after += added
-
 
 
 def _check_args(model: Any, atol: Any, example_input: Any, owner: str) -> float:
@@ -129,25 +57,6 @@ def _check_flag(owner: str, name: str, value: Any) -> bool:
             f"The {name!r} argument of {owner} must be a bool; got {value!r} of type {type(value).__name__}."
         )
     return value
-
-
-@dataclass
-class _Plan:
-    layers: list[Layer]
-    report: ShrinkReport
-
-
-def _analyze(
-    model: nn.Module, steps: list[Step], atol: float, example_input: Any, owner: str, remove_inputs: bool
-) -> _Plan:
-    shapes: list[Any] = [None] * len(steps)
-    if example_input is not None:
-        shapes = infer_shapes(model, steps, example_input, owner)
-    report = ShrinkReport()
-    layers = plan_layers(steps, shapes, atol, owner, report.skipped, report.notes, remove_inputs)
-    with torch.no_grad():
-        _make_report(model, layers, report)
-    return _Plan(layers, report)
 
 
 def _choose(
@@ -226,54 +135,10 @@ def shrink_report(
     if method == "graph":
         report = plan_graph(target, example_input, atol, "shrink_report").report
     else:
-        report = _analyze(target, steps, atol, example_input, "shrink_report", remove_inputs).report
+        plan = _chain_apply.analyze(target, steps, atol, example_input, "shrink_report", remove_inputs)
+        report = plan.report
     report.notes.extend(notes)
     return report
-
-
-def _wrap_inputs(model: nn.Module, layer: Layer) -> nn.Module | None:
-    """Put a SelectFeatures in front of ``layer``; return the new root if the layer is the model."""
-    assert layer.keep_in is not None
-    index = layer.keep_in.nonzero().flatten().to(layer.module.weight.device)
-    wrapped = nn.Sequential(SelectFeatures(index, in_features=len(layer.keep_in)), layer.module)
-    if not layer.step.name:
-        return wrapped
-    parent_name, _, child = layer.step.name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, wrapped)
-    return None
-
-
-def _apply(model: nn.Module, plan: _Plan) -> nn.Module:
-    updates = [(layer, new_tensors(layer), bn_keeps(layer)) for layer in plan.layers]
-    root = model
-    for layer, tensors, norms in updates:
-        module, weight = layer.module, tensors["weight"]
-        assert weight is not None  # new_tensors always gives the new weight
-        requires_grad = module.weight.requires_grad
-        module.weight = nn.Parameter(weight.clone(), requires_grad=requires_grad)
-        if tensors["bias"] is not None:
-            module.bias = nn.Parameter(tensors["bias"].clone(), requires_grad=requires_grad)
-        n_out, n_in = weight.shape[:2]
-        if isinstance(module, nn.Linear):
-            module.out_features, module.in_features = n_out, n_in
-        else:
-            module.out_channels, module.in_channels = n_out, n_in
-        for step, keep, _ in norms:
-            bn = batch_norm_of(step)
-            for attr in ("weight", "bias"):
-                param = getattr(bn, attr)
-                if param is not None:
-                    setattr(bn, attr, nn.Parameter(param.detach()[keep.to(param.device)].clone(),
-                                                   requires_grad=param.requires_grad))  # fmt: skip
-            for attr in ("running_mean", "running_var"):
-                buffer = getattr(bn, attr)
-                if buffer is not None:
-                    setattr(bn, attr, buffer[keep.to(buffer.device)].clone())
-            bn.num_features = int(keep.sum())
-    for layer in plan.layers:
-        if layer.keep_in is not None:
-            root = _wrap_inputs(model, layer) or root
-    return root
 
 
 def _kept_warning(report: ShrinkReport) -> None:
@@ -415,8 +280,8 @@ def shrink(
         target = original if inplace else copy_model(original, _INPLACE_HINT)
         if not inplace:
             steps = extract_steps(target)
-        chain = _analyze(target, steps, atol, example_input, "shrink", remove_inputs)
-        root = _apply(target, chain)
+        chain = _chain_apply.analyze(target, steps, atol, example_input, "shrink", remove_inputs)
+        root = _chain_apply.apply(target, chain)
         result = model if inplace and root is target else root
         report = chain.report
     report.notes.extend(notes)
