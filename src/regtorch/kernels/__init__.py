@@ -22,6 +22,7 @@ from regtorch.kernels._choose import (
     group_by_device_and_dtype,
     scalar_like,
 )
+from regtorch.kernels._elementwise import ElementwiseKernels
 from regtorch.kernels._sums import accumulation_dtype, result_dtype, sum_abs, sum_abs_pow, sum_square
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "COMPILED_MIN_TENSOR",
     "FAILED",
     "SMALL_TENSOR",
+    "ElementwiseKernels",
     "Impl",
     "accumulation_dtype",
     "choose",

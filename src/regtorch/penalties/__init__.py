@@ -2,9 +2,11 @@
 
 The registry (:func:`list_penalties`, :func:`penalty_class`, :func:`penalty_from_config`) lists every
 penalty defined here or by a user's subclass that sets ``name``; the command line, logs and configs
-learn the penalties from it.
+learn the penalties from it. A penalty declares its arguments as :class:`Hyperparameter` attributes
+with constraints (:class:`Interval`, :class:`Choice`, :class:`Boolean`).
 """
 
+from regtorch._validation import Boolean, Choice, Hyperparameter, Interval
 from regtorch.penalties._algebra import Scaled, Sum
 from regtorch.penalties._base import Penalty, list_penalties, penalty_class, penalty_from_config
 from regtorch.penalties._elastic_net import L1, L2, ElasticNet
@@ -20,9 +22,13 @@ __all__ = [
     "L2",
     "MCP",
     "SCAD",
+    "Boolean",
+    "Choice",
     "ElasticNet",
     "ElementwisePenalty",
     "GroupLasso",
+    "Hyperparameter",
+    "Interval",
     "Lp",
     "Penalty",
     "ProxPlan",
