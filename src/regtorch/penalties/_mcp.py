@@ -100,12 +100,5 @@ class MCP(ElementwisePenalty):
         self.strength = strength
         self.gamma = gamma
 
-    def kernel_params(self) -> tuple[float, float]:
-        return self.strength, self.gamma
-
-    def check_step(self, step: float) -> None:
-        if step >= self.gamma:
-            raise ValueError(
-                f"The prox of MCP with gamma={self.gamma:g} needs a step t < gamma (else it is not "
-                f"unique); got t={step:g}. Lower the learning rate (or step_factor) or raise gamma."
-            )
+    def step_limit(self) -> tuple[float, str, str]:
+        return self.gamma, "gamma", "gamma"

@@ -112,12 +112,5 @@ class SCAD(ElementwisePenalty):
         self.strength = strength
         self.a = a
 
-    def kernel_params(self) -> tuple[float, float]:
-        return self.strength, self.a
-
-    def check_step(self, step: float) -> None:
-        if step >= self.a - 1:
-            raise ValueError(
-                f"The prox of SCAD with a={self.a:g} needs a step t < a - 1 = {self.a - 1:g} (else it "
-                f"is not unique); got t={step:g}. Lower the learning rate (or step_factor) or raise a."
-            )
+    def step_limit(self) -> tuple[float, str, str]:
+        return self.a - 1, f"a - 1 = {self.a - 1:g}", "a"
