@@ -39,7 +39,7 @@ class ElementwisePenalty(Penalty):
         """Raise ``ValueError`` for a prox step at or above :meth:`step_limit`."""
         found = self.step_limit()
         if found is not None and step >= found[0]:
-            limit, text, argument = found
+            _, text, argument = found
             raise ValueError(
                 f"The prox of {self.name} with {argument}={getattr(self, argument):g} needs a step "
                 f"t < {text} (else it is not unique); got t={step:g}. Lower the learning rate (or "
