@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -22,6 +25,18 @@ def wine() -> tuple[np.ndarray, np.ndarray]:
     return x, y - y.mean()
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny problems on one thread: a second one only adds synchronisation (and, on a busy
+    machine, waits for a core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def prox_gradient(
     x: np.ndarray, y: np.ndarray, penalty: rt.Penalty, *, steps: int = 20000, mode: str = "prox"
 ) -> np.ndarray:
@@ -35,8 +50,9 @@ def prox_gradient(
     lipschitz = float(np.linalg.eigvalsh(x.T @ x / len(x)).max())
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0 / lipschitz)
     rt.regularize(model, optimizer, penalty, mode=mode)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        (0.5 * (model(xt).squeeze(1) - yt).pow(2).mean()).backward()
-        optimizer.step()
+    with one_thread():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (0.5 * (model(xt).squeeze(1) - yt).pow(2).mean()).backward()
+            optimizer.step()
     return model.weight.detach().numpy().ravel()

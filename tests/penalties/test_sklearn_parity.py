@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from linear_fit import one_thread
 from torch import nn
 
 import regtorch as rt
@@ -23,10 +24,11 @@ def _fit_prox(x, y, penalty, loss_fn, lr, steps, out_features=1):
     nn.init.zeros_(model.bias)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     rt.regularize(model, opt, penalty, mode="prox")  # the weight only: the intercept is free
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(model(x).squeeze(-1), y).backward()
-        opt.step()
+    with one_thread():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(model(x).squeeze(-1), y).backward()
+            opt.step()
     return model
 
 
