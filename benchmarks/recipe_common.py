@@ -61,6 +61,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, teachers: tuple[str, .
     add("--teacher-lr", type=float, default=0.05)
     add("--distill-alpha", type=float, default=0.0, help="weight of the distillation term")
     add("--temperature", type=float, default=4.0)
+    add("--distill-sparse", action="store_true", help="distill in the penalized phase too (default: fine-tuning only)")
 
 
 @dataclass
@@ -92,12 +93,14 @@ class Setup:
         return error_rate(model, self.splits.x_val, self.splits.y_val)
 
     def train(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, epochs: int, label: str,
-              log: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
-        """``epochs`` epochs with a cosine learning rate from ``lr`` to 0, distilling from the teacher."""
+              log: Callable[[int, float], None] | None = None, distill: bool = True) -> None:  # fmt: skip
+        """``epochs`` epochs with a cosine learning rate from ``lr`` to 0, distilling from the teacher
+        (if there is one and ``distill``)."""
         lr_at = cosine(lr, 0.0, epochs * self.steps_per_epoch)
         log = log or (lambda e, loss: self.say(f"{label} epoch {e + 1:3d}  loss {loss:.4f}"))
         x, y = self.splits.x_train, self.splits.y_train
-        train_epochs(model, optimizer, lr_at, epochs, x, y, self.config, self.generator, self.teacher, log)
+        teacher = self.teacher if distill else None
+        train_epochs(model, optimizer, lr_at, epochs, x, y, self.config, self.generator, teacher, log)
 
 
 def prepare(args: argparse.Namespace, teachers: dict[str, Builder]) -> Setup:

@@ -8,7 +8,8 @@ Louizos et al. 2018) at no more than 1.70% final test error; then as far toward 
 The recipe (every setting is a flag, see ``--help``):
 
 0. Teacher (``--teacher-epochs``): a dense network trained with random shifts; its logits on each
-   shifted batch are the distillation target of every later phase (``--distill-alpha``).
+   shifted batch are the distillation target of the fine-tuning phases (``--distill-alpha``; with
+   ``--distill-sparse`` of the group-sparse phase too).
 1. Group-sparse phase on the full LeNet-300-100: SGD (Nesterov, cosine learning rate) with
    ``Regularizer(mode="prox")`` and one ``GroupLasso(..., groups="columns")`` rule per Linear layer:
    the columns of the first layer are the input pixels, those of the second and third the h1 and h2
@@ -149,7 +150,7 @@ def run(setup: recipe_common.Setup) -> dict[str, Any]:
     def log_sparse(epoch: int, loss: float) -> None:
         setup.say(f"group-sparse epoch {epoch + 1:3d}  loss {loss:.4f}  alive columns {alive_columns(model)}")
 
-    setup.train(model, optimizer, args.lr, args.epochs, "group-sparse", log_sparse)
+    setup.train(model, optimizer, args.lr, args.epochs, "group-sparse", log_sparse, distill=args.distill_sparse)
     setup.timings["group_sparse"] = round(time.perf_counter() - t0, 2)
     record("group-sparse", model, alive=alive_columns(model))
 

@@ -3,14 +3,15 @@
 Phases (every setting is a flag; each benchmark script sets its own defaults):
 
 0. Teacher (``--teacher-epochs N > 0``, :mod:`recipe_common`): a dense network trained with the same
-   shifts; its logits on each shifted batch are the distillation target of every later phase.
+   shifts; its logits on each shifted batch are the distillation target of the fine-tuning (and,
+   with ``--distill-sparse``, of the sparse phase).
 1. Sparse phase: SGD (Nesterov, cosine learning rate) with one penalty rule per layer in
    ``Regularizer(mode="prox")`` (``--penalty l1``; ``mcp``/``scad`` where regtorch has them), the
    strength ramped up by ``schedule=`` after a warm-up (gradual sparsification).
 2. Clean-up in ``--stages`` rounds: per layer, :func:`regtorch.freeze_zeros` with the ``atol`` that
-   brings the layer to its zero fraction for the round (magnitude pruning; the fractions grow
-   linearly from what the sparse phase left to ``--prune-to``), then masked fine-tuning without the
-   penalty (cosine learning rate to 0).
+   brings the layer to its zero fraction for the round (magnitude pruning; each round removes the
+   same share of the remaining weights, from what the sparse phase left to ``--prune-to``), then
+   masked fine-tuning without the penalty (cosine learning rate to 0).
 3. Export: ``torch.export.save``, loaded back; zeros and errors are measured on the loaded program.
 """
 
@@ -39,6 +40,15 @@ def make_penalty(kind: str, strength: float, shape: float) -> regtorch.Penalty:
     if cls is None:
         raise SystemExit(f"--penalty {kind} needs regtorch.{name}, which this regtorch does not have.")
     return cls(strength, gamma=shape) if name == "MCP" else cls(strength, a=shape)
+
+
+def stage_fraction(reached: float, target: float, progress: float) -> float:
+    """Zero fraction after a share ``progress`` of the clean-up rounds: the kept fraction shrinks
+    geometrically, ``1 − (1 − reached)·((1 − target)/(1 − reached))^progress`` (each round removes the
+    same share of the remaining weights, as in iterative pruning)."""
+    if reached >= 1.0 or target <= reached:
+        return reached
+    return 1.0 - (1.0 - reached) * ((1.0 - target) / (1.0 - reached)) ** progress
 
 
 def add_arguments(parser: argparse.ArgumentParser, layers: int) -> None:
@@ -94,7 +104,7 @@ def run(setup: recipe_common.Setup, build_model: recipe_common.Builder, layers: 
         per = " ".join(f"{p.zero_fraction:.3f}" for p in stats.parameters)
         setup.say(f"sparse epoch {epoch + 1:3d}  loss {loss:.4f}  zeros {stats.zero_fraction:.4f} ({per})")
 
-    setup.train(model, optimizer, args.lr, args.epochs, "sparse", log_sparse)
+    setup.train(model, optimizer, args.lr, args.epochs, "sparse", log_sparse, distill=args.distill_sparse)
     setup.timings["sparse"] = round(time.perf_counter() - t0, 2)
     record("sparse", alive_units=[int((weights[n] != 0).flatten(1).any(1).sum()) for n in layers])
 
@@ -103,7 +113,7 @@ def run(setup: recipe_common.Setup, build_model: recipe_common.Builder, layers: 
     reached = setup.phases[-1]["per_layer"]
     targets = [max(t, r) for t, r in zip(args.prune_to, reached, strict=True)]
     for stage in range(args.stages):
-        fractions = [r + (t - r) * (stage + 1) / args.stages for r, t in zip(reached, targets, strict=True)]
+        fractions = [stage_fraction(r, t, (stage + 1) / args.stages) for r, t in zip(reached, targets, strict=True)]
         optimizer = sgd(model, args.finetune_lr, args.momentum, args.weight_decay)
         frozen = [
             regtorch.freeze_zeros(model, optimizer, params=name, atol=magnitude_atol(weights[name], f))
