@@ -8,8 +8,11 @@ evaluate the test set (``test_error`` is ``null``). Final runs (``--val-fraction
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -157,9 +160,24 @@ def finish(setup: Setup, measured: dict[str, Any], extra: dict[str, Any], target
         "n_test": len(setup.splits.x_test),
         "timings_s": setup.timings,
         "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "target": target,
     }
     return result
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, torch version and the 1/5/15-minute load averages at the end of the run
+    (a load above the threads used means other work shared the cores)."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "load_average": load}
 
 
 def print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
