@@ -47,7 +47,7 @@ PANELS = {
         "x": "weights",
         "xlabel": "weights of the dense network (log scale)",
         "anchors": [
-            ("SBP 245-160-55 (best seen)", 48550, 1.6),
+            ("SBP 245-160-55\n(best seen)", 48550, 1.6),
             ("L0 266-88-33 (best seen)", 26642, 1.6),
             ("VIB 97-71-33 (best seen)", 9560, 1.6),
             ("RigL+ 375-62-51 (final)", 26922, 1.69),
@@ -73,12 +73,36 @@ def x_value(result: dict, key: str) -> float:
     return 100 * result[key] if key == "zero_fraction" else result[key]
 
 
+def markdown_table(bench: str, configs: dict[str, list[dict]]) -> str:
+    """One row per configuration: size, the test error of each seed, their mean, the runtime."""
+    structured = PANELS[bench]["x"] == "weights"
+    head = "| config | architecture | weights | " if structured else "| config | exact zeros | nonzero weights | "
+    lines = [head + "test error per seed | mean | runtime per seed (threads) |", "|---|---|---|---|---|---|"]
+    for config, results in sorted(configs.items(), key=lambda kv: kv[1][0]["weights"] - kv[1][0]["zeros"]):
+        results = sorted(results, key=lambda r: r["settings"]["seed"])
+        errors = ", ".join(f"{100 * r['test_error']:.2f}% (seed {r['settings']['seed']})" for r in results)
+        mean = statistics.mean(100 * r["test_error"] for r in results)
+        times = ", ".join(f"{r['timings_s']['total']:.0f} s ({r['torch_threads']})" for r in results)
+        sizes = {(tuple(r.get("architecture", ())), r["weights"], r["zeros"]) for r in results}
+        if structured:
+            size = "; ".join(f"{'-'.join(map(str, a))} | {w:,}" for a, w, _ in sorted(sizes))
+        else:
+            size = "; ".join(f"{100 * z / w:.2f}% | {w - z:,}" for _, w, z in sorted(sizes))
+        lines.append(f"| {config} | {size} | {errors} | {mean:.2f}% | {times} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Draw the panels and save the PNG."""
+    """Draw the panels and save the PNG (``--table``: print the Markdown tables instead)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "images" / "sparsity_frontier.png")
+    parser.add_argument("--table", action="store_true", help="print one Markdown table per benchmark")
     args = parser.parse_args(argv)
+    if args.table:
+        for bench, configs in sorted(load_results(args.results).items()):
+            print(f"### {bench}\n\n{markdown_table(bench, configs)}\n")
+        return
 
     import matplotlib
 
@@ -103,10 +127,11 @@ def main(argv: list[str] | None = None) -> None:
                 ax.annotate(f"{config} ({n})", (mx, my), textcoords="offset points", xytext=(4, 6), fontsize=7)
         for label, ax_x, ax_y in panel["anchors"]:
             ax.scatter([ax_x], [ax_y], marker="*", s=110, color="tab:red", zorder=5)
-            ax.annotate(label, (ax_x, ax_y), textcoords="offset points", xytext=(4, -11), fontsize=7, color="tab:red")
+            below = label.startswith("L0")  # L0 and RigL+ sit close together: one label above, one below
+            ax.annotate(label, (ax_x, ax_y), textcoords="offset points", xytext=(4, -11 if below else 5),
+                        fontsize=7, color="tab:red", ha="left" if "SBP" not in label else "right")  # fmt: skip
         kind, tx, ty = panel["target"]
         if kind == "zeros":
-            ax.axvspan(tx, 100, ymax=1, color="tab:green", alpha=0.06)
             ax.fill_between([tx, 100], 0, ty, color="tab:green", alpha=0.15, label="target")
             ax.set_xlim(left=min([88.0] + [m[0] - 1 for m in means]), right=100)
         else:

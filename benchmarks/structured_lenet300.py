@@ -16,7 +16,8 @@ The recipe (every setting is a flag, see ``--help``):
    units (a unit whose outgoing weights are all zero is removable). The strengths ramp up after a
    warm-up.
 2. Clean-up in ``--stages`` rounds: the columns with the smallest norms are set to zero until each
-   layer keeps the round's count (from what the group lasso left down to ``--keep``), and
+   layer keeps the round's count (from what the group lasso left down to ``--keep``, the same share
+   fewer each round), and
    :func:`regtorch.freeze_zeros` keeps them zero during ``--stage-epochs`` of masked fine-tuning.
 3. :func:`regtorch.shrink` removes the dead units; the pixels whose columns are zero are removed by an
    index selection in front of the first Linear (outputs unchanged; done here until ``regtorch.shrink``
@@ -105,9 +106,10 @@ def to_small_network(model: nn.Sequential) -> nn.Sequential:
     in front of the first Linear (unless ``regtorch.shrink`` already removed them).
     """
     small = regtorch.shrink(model.eval())
-    first = small[2]
+    first = next(m for m in small if isinstance(m, nn.Linear))
     if first.in_features < 784:  # regtorch.shrink removed the input features itself
         return small
+    assert small[2] is first, "expected Normalize, Flatten, then the first Linear"
     index = (first.weight.detach() != 0).any(0).nonzero().flatten()
     reduced = nn.Linear(index.numel(), first.out_features)
     with torch.no_grad():
@@ -159,7 +161,7 @@ def run(setup: recipe_common.Setup) -> dict[str, Any]:
     reached = alive_columns(model)
     targets = [min(k, r) if k > 0 else r for k, r in zip(args.keep, reached, strict=True)]
     for stage in range(args.stages):
-        counts = [round(r + (t - r) * (stage + 1) / args.stages) for r, t in zip(reached, targets, strict=True)]
+        counts = [round(r * (t / r) ** ((stage + 1) / args.stages)) for r, t in zip(reached, targets, strict=True)]
         clean_up(model, counts)
         optimizer = sgd(model, args.finetune_lr, args.momentum, args.weight_decay)
         frozen = regtorch.freeze_zeros(model, optimizer, params=list(LAYERS))
