@@ -24,8 +24,12 @@ from mnist_tools import lenet5, lenet_300_100
 LAYERS = ("2.weight", "4.weight", "6.weight")
 
 DEFAULTS = {
+    "shift": 2,
     "strength": [1e-3, 3e-4, 3e-5],
-    "prune_to": [0.925, 0.90, 0.70],
+    "prune_to": [0.975, 0.94, 0.75],
+    "stages": 3,
+    "stage_epochs": 10,
+    "finetune_epochs": 30,
 }
 
 TARGET = {"zero_fraction_min": 0.95, "test_error_max": 0.0164}

@@ -25,7 +25,7 @@ LAYERS = ("1.weight", "4.weight", "8.weight", "10.weight")
 
 DEFAULTS = {
     "strength": [0.0, 3e-4, 1e-3, 1e-4],
-    "prune_to": [0.30, 0.85, 0.97, 0.80],
+    "prune_to": [0.40, 0.90, 0.985, 0.85],
     "epochs": 20,
     "ramp_epochs": 15,
     "finetune_epochs": 15,
