@@ -199,17 +199,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--epochs", type=int, default=40, help="group-sparse phase epochs")
     add("--lr", type=float, default=0.05)
-    add("--strength", type=float, nargs=3, default=[2e-3, 1e-3, 5e-4], metavar=("PIXELS", "H1", "H2"))
+    add("--strength", type=float, nargs=3, default=[1e-2, 5e-3, 2e-3], metavar=("PIXELS", "H1", "H2"))
     add("--warmup-epochs", type=int, default=1)
     add("--ramp-epochs", type=int, default=30)
     add("--ramp-shape", choices=("geometric", "linear", "cubic"), default="geometric")
     add("--keep", type=int, nargs=3, default=[250, 80, 30], metavar=("PIXELS", "H1", "H2"),
         help="columns kept per layer after the clean-up (0: what the group lasso left)")  # fmt: skip
-    add("--stages", type=int, default=2, help="clean-up rounds")
+    add("--stages", type=int, default=6, help="clean-up rounds")
     add("--stage-epochs", type=int, default=5, help="masked fine-tuning epochs per round")
     add("--finetune-epochs", type=int, default=40, help="dense fine-tuning epochs of the small network")
     add("--finetune-lr", type=float, default=0.05)
     add("--reinit", action="store_true", help="train the small network from a fresh initialization")
+    parser.set_defaults(shift=2, teacher_arch="lenet5", teacher_epochs=12, distill_alpha=0.5, temperature=2.0)
     args = parser.parse_args(argv)
     recipe_common.check_data_args(parser, args)
     return args
