@@ -117,3 +117,49 @@ def test_bad_inputs() -> None:
     other = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="'optimizer' argument of freeze_zeros must update"):
         freeze_zeros(model, other)
+
+
+def test_fraction_zeroes_the_smallest_entries_of_each_tensor() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    frozen = freeze_zeros(model, optimizer, fraction=0.7)
+    for name in ("0.weight", "2.weight"):
+        weight, original = model.get_parameter(name), before[name]
+        k = round(0.7 * original.numel())
+        order = original.abs().flatten().argsort()
+        expected = torch.zeros(original.numel(), dtype=torch.bool)
+        expected[order[:k]] = True  # numpy-free reference: the k smallest magnitudes
+        assert torch.equal(frozen.masks[name].flatten(), expected)
+        assert torch.equal(weight.detach().flatten() == 0, expected)
+        torch.testing.assert_close(weight.detach().flatten()[~expected], original.flatten()[~expected])
+    assert torch.equal(model[0].bias, before["0.bias"])  # biases are not selected by default
+    x = torch.randn(8, 10)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+    assert int((model[0].weight == 0).sum()) == round(0.7 * 200)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_fraction_counts_existing_zeros_and_combines_with_atol(fraction: float) -> None:
+    model = nn.Sequential(nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 17.0).reshape(4, 4))
+        model[0].weight[0, :3] = 0  # 3 zeros already: below the 4 that 0.25 asks for
+        model[0].weight[3, 3] = 1e-9
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    frozen = freeze_zeros(model, optimizer, atol=1e-8, fraction=fraction)
+    expected = {0.0: 4, 0.25: 4, 1.0: 16}[fraction]  # the 3 zeros and 1e-9; 0.25 adds nothing more
+    assert frozen.frozen == expected
+    assert int((model[0].weight == 0).sum()) == expected
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_fraction_outside_the_unit_interval_is_refused(fraction: float) -> None:
+    model = pruned_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"'fraction' argument of freeze_zeros must be a finite float in \[0, 1\]"):
+        freeze_zeros(model, optimizer, fraction=fraction)

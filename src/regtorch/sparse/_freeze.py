@@ -85,6 +85,17 @@ class FrozenZeros:
         )
 
 
+def _zero_mask(weight: torch.Tensor, atol: float, fraction: float | None) -> torch.Tensor:
+    """True where ``|w| <= atol`` or among the ``round(fraction · n)`` smallest ``|w|``."""
+    magnitude = weight.abs()
+    mask = magnitude <= atol
+    count = 0 if fraction is None else round(fraction * weight.numel())
+    if count > 0:
+        smallest = magnitude.flatten().topk(count, largest=False, sorted=False).indices
+        mask.view(-1)[smallest] = True
+    return mask
+
+
 def _gradient_hook(mask: torch.Tensor) -> Any:
     def hook(grad: torch.Tensor) -> torch.Tensor:
         return grad.masked_fill(mask, 0.0)
@@ -98,12 +109,17 @@ def freeze_zeros(
     params: Selection = "weights",
     *,
     atol: float = 0.0,
+    fraction: float | None = None,
 ) -> FrozenZeros:
     """Keep the current zeros of the selected parameters at exactly zero during training.
 
     This is masked fine-tuning ("prune, then retrain"): after sparse training or pruning, the
     entries that are zero (``|w| <= atol``; those below ``atol`` are set to ``0`` now) stay
-    zero while the others keep training. Two hooks do it:
+    zero while the others keep training. With ``fraction`` it is magnitude pruning first: in
+    each selected tensor of ``n`` entries, the ``k = round(fraction · n)`` entries of smallest
+    ``|w|`` (entries already zero come first) are set to ``0`` and frozen together with every
+    entry ``|w| <= atol``, so a tensor ends with ``max(k, its current zeros)`` frozen entries.
+    Two hooks keep them:
 
     * a gradient hook on each selected parameter (``param.register_hook``) zeroes the gradient
       of the frozen entries, so momentum, Adam moments and gradient clipping norms do not build
@@ -122,6 +138,8 @@ def freeze_zeros(
             ``"weights"`` (default: ``ndim >= 2`` outside normalization layers), ``"all"``, an
             fnmatch pattern, a module type, a predicate, tensors, or a list of these.
         atol: Entries with ``|w| <= atol`` count as zero.
+        fraction: If given, a float in ``[0, 1]``: also zero and freeze the ``round(fraction · n)``
+            smallest-magnitude entries of each selected tensor (ties broken arbitrarily).
 
     Returns:
         A :class:`FrozenZeros` with ``masks``, ``frozen_fraction`` and ``remove()``; it is also a
@@ -130,14 +148,15 @@ def freeze_zeros(
     Raises:
         TypeError: If ``model`` is not a module, ``optimizer`` not a ``torch.optim.Optimizer``,
             or ``params`` of an unknown kind.
-        ValueError: If ``atol`` is negative or not finite, ``params`` selects nothing, or the
-            optimizer updates none of the selected parameters.
+        ValueError: If ``atol`` is negative or not finite, ``fraction`` is outside ``[0, 1]``,
+            ``params`` selects nothing, or the optimizer updates none of the selected parameters.
 
     Examples:
         >>> frozen = freeze_zeros(model, optimizer)  # doctest: +SKIP
         >>> for x, y in loader:  # doctest: +SKIP
         ...     optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
         >>> frozen.remove()  # doctest: +SKIP
+        >>> freeze_zeros(model, optimizer, params="fc1.weight", fraction=0.9)  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -150,6 +169,8 @@ def freeze_zeros(
             f"{type(optimizer).__name__}."
         )
     atol = check_real("freeze_zeros", "atol", atol, Interval(low=0))
+    if fraction is not None:
+        fraction = check_real("freeze_zeros", "fraction", fraction, Interval(low=0, high=1))
     named = select_parameters(model, params, owner="freeze_zeros", argument="params")
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not any(id(param) in optimized for _, param in named):
@@ -160,7 +181,7 @@ def freeze_zeros(
     masks = {}
     with torch.no_grad():
         for name, param in named:
-            mask = param.detach().abs() <= atol
+            mask = _zero_mask(param.detach(), atol, fraction)
             masks[name] = mask
             param.masked_fill_(mask, 0.0)
             for key, value in optimizer.state.get(param, {}).items():
