@@ -250,14 +250,6 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
-def magnitude_atol(weight: torch.Tensor, zero_fraction: float) -> float:
-    """The ``atol`` for which ``|w| <= atol`` holds for ``zero_fraction`` of ``weight``'s entries."""
-    k = round(zero_fraction * weight.numel())
-    if k <= 0:
-        return 0.0
-    return float(weight.detach().abs().flatten().kthvalue(k).values)
-
-
 def export_and_measure(model: nn.Module, path: str | None, splits: Splits, evaluate_test: bool) -> dict[str, Any]:
     """Save ``model`` with ``torch.export.save``, load the file back and measure the loaded program.
 

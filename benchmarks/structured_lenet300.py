@@ -19,9 +19,9 @@ The recipe (every setting is a flag, see ``--help``):
    layer keeps the round's count (from what the group lasso left down to ``--keep``, the same share
    fewer each round), and
    :func:`regtorch.freeze_zeros` keeps them zero during ``--stage-epochs`` of masked fine-tuning.
-3. :func:`regtorch.shrink` removes the dead units; the pixels whose columns are zero are removed by an
-   index selection in front of the first Linear (outputs unchanged; done here until ``regtorch.shrink``
-   removes input features itself). The result is a small dense network.
+3. ``regtorch.shrink(model, remove_inputs=True)`` removes the dead units and puts an index selection
+   of the pixels still read in front of the first Linear (outputs unchanged). The result is a small
+   dense network.
 4. Dense fine-tuning of the small network (``--finetune-epochs``, all its weights free), or with
    ``--reinit`` training it from a fresh initialization (the from-scratch baseline, same pixels and
    sizes).
@@ -48,20 +48,6 @@ import regtorch
 LAYERS = ("2.weight", "4.weight", "6.weight")
 TARGET = {"weights_max": 26642, "test_error_max": 0.0170}
 TEACHERS = {"lenet300": lenet_300_100, "lenet5": lenet5}
-
-
-class SelectFeatures(nn.Module):
-    """Keep the features ``index`` of a batch of vectors: ``x[:, index]`` (a fixed index selection)."""
-
-    def __init__(self, index: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("index", index.to(torch.int64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(1, self.index)
-
-    def extra_repr(self) -> str:
-        return f"{self.index.numel()} features"
 
 
 def column_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -101,32 +87,22 @@ def alive_columns(model: nn.Sequential) -> list[int]:
 def to_small_network(model: nn.Sequential) -> nn.Sequential:
     """Shrink ``model`` to a dense network with the same outputs (eval mode).
 
-    :func:`regtorch.shrink` removes the hidden units whose outgoing weights are zero; the input
-    pixels whose columns are zero in every remaining unit are removed by a :class:`SelectFeatures`
-    in front of the first Linear (unless ``regtorch.shrink`` already removed them).
+    :func:`regtorch.shrink` removes the hidden units whose outgoing weights are zero and, with
+    ``remove_inputs=True``, puts a :class:`regtorch.SelectFeatures` in front of the first Linear
+    that keeps only the pixels some unit still reads.
     """
-    small = regtorch.shrink(model.eval())
-    first = next(m for m in small if isinstance(m, nn.Linear))
-    if first.in_features < 784:  # regtorch.shrink removed the input features itself
-        return small
-    assert small[2] is first, "expected Normalize, Flatten, then the first Linear"
-    index = (first.weight.detach() != 0).any(0).nonzero().flatten()
-    reduced = nn.Linear(index.numel(), first.out_features)
-    with torch.no_grad():
-        reduced.weight.copy_(first.weight[:, index])
-        reduced.bias.copy_(first.bias)
-    return nn.Sequential(small[0], small[1], SelectFeatures(index), reduced, *small[3:])
+    return regtorch.shrink(model.eval(), remove_inputs=True)
 
 
 def architecture(small: nn.Sequential) -> list[int]:
     """``[inputs of the first Linear, hidden sizes...]``."""
-    linears = [m for m in small if isinstance(m, nn.Linear)]
+    linears = [m for m in small.modules() if isinstance(m, nn.Linear)]
     return [linears[0].in_features] + [m.out_features for m in linears[:-1]]
 
 
 def reinitialize(small: nn.Sequential) -> None:
     """Give every Linear of ``small`` a fresh default initialization."""
-    for module in small:
+    for module in small.modules():
         if isinstance(module, nn.Linear):
             module.reset_parameters()
 

@@ -6,10 +6,10 @@ Phases (every setting is a flag; each benchmark script sets its own defaults):
    shifts; its logits on each shifted batch are the distillation target of the fine-tuning (and,
    with ``--distill-sparse``, of the sparse phase).
 1. Sparse phase: SGD (Nesterov, cosine learning rate) with one penalty rule per layer in
-   ``Regularizer(mode="prox")`` (``--penalty l1``; ``mcp``/``scad`` where regtorch has them), the
+   ``Regularizer(mode="prox")`` (``--penalty l1``, ``mcp`` or ``scad``), the
    strength ramped up by ``schedule=`` after a warm-up (gradual sparsification).
-2. Clean-up in ``--stages`` rounds: per layer, :func:`regtorch.freeze_zeros` with the ``atol`` that
-   brings the layer to its zero fraction for the round (magnitude pruning; each round removes the
+2. Clean-up in ``--stages`` rounds: per layer, ``regtorch.freeze_zeros(..., fraction=f)`` with the
+   layer's zero fraction for the round (magnitude pruning; each round removes the
    same share of the remaining weights, from what the sparse phase left to ``--prune-to``), then
    masked fine-tuning without the penalty (cosine learning rate to 0).
 3. Export: ``torch.export.save``, loaded back; zeros and errors are measured on the loaded program.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import recipe_common
-from mnist_tools import export_and_measure, magnitude_atol, ramp, sgd
+from mnist_tools import export_and_measure, ramp, sgd
 from torch import nn
 
 import regtorch
@@ -33,13 +33,11 @@ PENALTIES = ("l1", "mcp", "scad")
 
 def make_penalty(kind: str, strength: float, shape: float) -> regtorch.Penalty:
     """``L1(strength)``, ``MCP(strength, gamma=shape)`` or ``SCAD(strength, a=shape)``."""
-    if kind == "l1":
-        return regtorch.L1(strength)
-    name = kind.upper()
-    cls = getattr(regtorch, name, None)
-    if cls is None:
-        raise SystemExit(f"--penalty {kind} needs regtorch.{name}, which this regtorch does not have.")
-    return cls(strength, gamma=shape) if name == "MCP" else cls(strength, a=shape)
+    if kind == "mcp":
+        return regtorch.MCP(strength, gamma=shape)
+    if kind == "scad":
+        return regtorch.SCAD(strength, a=shape)
+    return regtorch.L1(strength)
 
 
 def stage_fraction(reached: float, target: float, progress: float) -> float:
@@ -116,7 +114,7 @@ def run(setup: recipe_common.Setup, build_model: recipe_common.Builder, layers: 
         fractions = [stage_fraction(r, t, (stage + 1) / args.stages) for r, t in zip(reached, targets, strict=True)]
         optimizer = sgd(model, args.finetune_lr, args.momentum, args.weight_decay)
         frozen = [
-            regtorch.freeze_zeros(model, optimizer, params=name, atol=magnitude_atol(weights[name], f))
+            regtorch.freeze_zeros(model, optimizer, params=name, fraction=f)
             for name, f in zip(layers, fractions, strict=True)
         ]
         epochs = args.finetune_epochs if stage == args.stages - 1 else args.stage_epochs
