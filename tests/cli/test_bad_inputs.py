@@ -176,6 +176,25 @@ def _ckpt(change: Callable[[dict], Any]) -> Callable[[Ctx], list[str]]:
     return lambda ctx: _resume(ctx.checkpoint(change))
 
 
+PATH = ["--hidden", "16,8", "--epochs", "1", "--steps", "2", "--penalty", "l1", "--no-plots", "--quiet"]
+
+
+def _path_ckpt(change: Callable[[dict], Any]) -> Callable[[Ctx], list[str]]:
+    """A finished two-stage path whose checkpoint is rewritten after ``change(state)``; resumed."""
+
+    def build(ctx: Ctx) -> list[str]:
+        from regtorch.cli import main
+
+        run = ctx.tmp / "path"
+        assert main(["path", *PATH, "--out", str(run)]) == 0
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        change(state)
+        torch.save(state, run / "checkpoint.pt")
+        return ["path", "--resume", "--quiet", "--out", run]
+
+    return build
+
+
 def _ckpt_bytes(make: Callable[[bytes, Ctx], bytes]) -> Callable[[Ctx], list[str]]:
     def build(ctx: Ctx) -> list[str]:
         run = ctx.run()
@@ -477,6 +496,18 @@ CASES = [
     Case("checkpoint-rng-wrong-size",
          _ckpt(lambda s: s["rng"].__setitem__("torch", torch.zeros(3, dtype=torch.uint8))), 2,
          DAMAGED.format(r"its random number generator state does not fit this run \(.*\)")),
+    Case("path-checkpoint-model-wrong-shape",
+         _path_ckpt(lambda s: s["model"].__setitem__("fc1.weight", torch.zeros(4, 64))), 2,
+         DAMAGED.format(r"its fc1\.weight has shape \(4, 64\) where this run's model has \(16, 64\)")),
+    Case("path-checkpoint-stage-beyond-the-path", _path_ckpt(_set("stage", 7)), 2,
+         DAMAGED.format(r"its stage is 7, not an integer in \[0, 2\]")),
+    Case("path-checkpoint-rows-missing", _path_ckpt(lambda s: s["rows"].pop()), 2,
+         DAMAGED.format(r"it records stage 2 but not 2 result row\(s\)")),
+    Case("path-checkpoint-other-strengths", _path_ckpt(lambda s: s["strengths"].reverse()), 2,
+         DAMAGED.format(r"its strengths are not this path's \(see config\.json\)")),
+    Case("path-checkpoint-rng-wrong-size",
+         _path_ckpt(lambda s: s["rng"].__setitem__("batches", torch.zeros(3, dtype=torch.uint8))), 2,
+         DAMAGED.format(r"its 'batches' random number generator state is invalid")),
     Case("checkpoint-link", _replace_ckpt(lambda run, p: p.symlink_to(run.parent / "elsewhere.pt")), 2,
          r"'.*checkpoint\.pt' is a symbolic link; regtorch never reads or writes a run's files through links"),
     Case("checkpoint-folder", _replace_ckpt(lambda run, p: p.mkdir()), 2,

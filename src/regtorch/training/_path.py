@@ -18,6 +18,7 @@ from regtorch.training._build import build_optimizer, build_penalty, build_regul
 from regtorch.training._checkpoint import (
     atomic_write,
     capture_rng,
+    damaged,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -28,6 +29,7 @@ from regtorch.training._loop import Trainer, evaluate
 from regtorch.training._metrics import format_table, weight_sparsity
 from regtorch.training._penalty_spec import parse_spec
 from regtorch.training._progress import Reporter
+from regtorch.training._resume import check_model_state
 from regtorch.training._rundir import (
     check_out_dir,
     default_out_dir,
@@ -267,12 +269,39 @@ def run_path(
         min_strength = max_strength / 1000 if min_strength is None else min_strength
         if min_strength > max_strength:
             raise UsageError(f"--min {min_strength:g} is larger than --max {max_strength:g}")
+        values = strengths(max_strength, min_strength, steps)
+        if state is not None:
+            check_path_state(state, session.model, values, out / "checkpoint.pt")
         if kind == "overwrite":
             empty_run_dir(out)
         write_run_config(out, "path", base=cfg.to_dict(), steps=steps, max=max_strength, min=min_strength)
-        return _trace(session, out, strengths(max_strength, min_strength, steps), state, reporter, plots)
+        return _trace(session, out, values, state, reporter, plots)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def check_path_state(state: dict[str, Any], model: torch.nn.Module, values: list[float], path: Path) -> None:
+    """Check a path checkpoint against the rebuilt model and the path's strengths before resuming.
+
+    Raises:
+        UsageError: If the stage, the rows or the strengths are malformed or belong to another
+            path, or the model state does not fit ``model``.
+    """
+    stage, rows, saved = state.get("stage"), state.get("rows"), state.get("strengths")
+    if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= len(values):
+        raise damaged(path, f"its stage is {stage!r}, not an integer in [0, {len(values)}]")
+    if not isinstance(rows, list) or len(rows) != stage or not all(isinstance(r, dict) for r in rows):
+        raise damaged(path, f"it records stage {stage} but not {stage} result row(s)")
+    if not isinstance(saved, list) or len(saved) != len(values) or not all(
+        isinstance(v, float) and math.isclose(v, w, rel_tol=1e-12) for v, w in zip(saved, values, strict=True)
+    ):
+        raise damaged(path, "its strengths are not this path's (see config.json)")
+    check_model_state(state["model"], model, path)
+    for key in ("torch", "batches"):
+        try:
+            torch.Generator().set_state(state["rng"][key])  # a spare generator: nothing changes yet
+        except RuntimeError:
+            raise damaged(path, f"its {key!r} random number generator state is invalid") from None
 
 
 def _trace(session, out: Path, values: list[float], state, reporter: Reporter, plots: bool):

@@ -135,7 +135,12 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
-def _check_model_state(saved: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+def check_model_state(saved: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Check that a checkpoint's model state has exactly the keys and shapes of ``model``'s.
+
+    Raises:
+        UsageError: Naming the first missing or extra key, or the first shape that differs.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in saved]
     extra = [k for k in saved if k not in expected]
@@ -196,7 +201,7 @@ def restore(session: Any, trainer: Any, state: dict[str, Any], path: Path, dist_
     Raises:
         UsageError: If a state does not fit the rebuilt model, optimizer, regularizer or schedule.
     """
-    _check_model_state(state["model"], session.model, path)
+    check_model_state(state["model"], session.model, path)
     fsdp = dist_ctx is not None and dist_ctx.fsdp
     if not fsdp:
         _check_optimizer_state(state["optimizer"], session.optimizer, path)
