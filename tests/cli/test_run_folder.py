@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -228,6 +229,50 @@ def test_compare_resumes_a_configuration_killed_in_its_first_epoch(cli, tmp_path
     again = cli("compare", "--resume", "--out", tmp_path, "--quiet", "--no-plots")
     assert again.status == 0, again
     assert read_json(tmp_path / "l2" / "summary.json")["epochs"] == 1
+
+
+def _lock_is_free(folder: Path) -> bool:
+    """Whether another process can take ``folder``'s run lock now."""
+    code = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(folder / LOCK_NAME)]).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["compare", "path"])
+def test_compare_and_path_called_from_python_release_their_folder(tmp_path, command):
+    from regtorch.training import run_compare, run_path
+
+    quiet = Reporter(quiet=True)
+    config = TrainConfig(hidden=(16, 8), epochs=1, limit=200, penalty="l1")
+    if command == "compare":
+        run_compare(config, ["none", "l1"], tmp_path, reporter=quiet, plots=False)
+    else:
+        run_path(config, tmp_path, steps=2, reporter=quiet, plots=False)
+    assert not (tmp_path / LOCK_NAME).exists()
+    assert _lock_is_free(tmp_path)
+    with pytest.raises(UsageError, match="is not empty"):  # refused, and released again
+        (run_compare(config, ["l1"], tmp_path, reporter=quiet) if command == "compare"
+         else run_path(config, tmp_path, steps=2, reporter=quiet))  # fmt: skip
+    assert _lock_is_free(tmp_path)
+
+
+def test_compare_refuses_a_configuration_folder_that_is_a_link(cli, tmp_path):
+    small = ["--hidden", "16,8", "--epochs", "1", "--limit", "200", "--no-plots", "--quiet"]
+    out, elsewhere = tmp_path / "cmp", tmp_path / "elsewhere"
+    assert cli("compare", "none", "l2", *small, "--out", out).status == 0
+    shutil_target = out / "l2"
+    for name in os.listdir(shutil_target):
+        os.unlink(shutil_target / name)
+    shutil_target.rmdir()
+    elsewhere.mkdir()
+    (out / "l2").symlink_to(elsewhere)
+    result = cli("compare", "--resume", "--out", out, "--quiet", "--no-plots")
+    assert result.status == 2
+    assert re.search(r"'.*l2' is a symbolic link; regtorch never reads or writes a run's files", result.err)
+    assert os.listdir(elsewhere) == []
 
 
 # ---- the file primitives behind these guarantees

@@ -22,9 +22,11 @@ from regtorch.training._build import (
     build_scheduler,
     choose_threads,
 )
+from regtorch.training._compare import run_compare
 from regtorch.training._config import TrainConfig
 from regtorch.training._errors import RunError, RunFailed, UsageError
 from regtorch.training._loop import Callback, Trainer, TrainState, evaluate
+from regtorch.training._path import run_path
 from regtorch.training._progress import Reporter
 from regtorch.training._run import run_train
 from regtorch.training._session import Session, build_session, load_data
@@ -48,5 +50,7 @@ __all__ = [
     "choose_threads",
     "evaluate",
     "load_data",
+    "run_compare",
+    "run_path",
     "run_train",
 ]

@@ -25,6 +25,7 @@ from regtorch.training._rundir import (
     read_json,
     write_run_config,
 )
+from regtorch.training._runlock import release_run_dir
 from regtorch.training._session import load_data
 
 __all__ = ["COMPARE_COLUMNS", "DEFAULT_CONFIGS", "format_compare_table", "parse_spec", "run_compare"]
@@ -251,8 +252,27 @@ def run_compare(
     """
     reporter = reporter or Reporter()
     out = Path(out_dir) if out_dir is not None else default_out_dir("compare")
-    kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="compare")
-    specs = list(specs) or list(DEFAULT_CONFIGS)
+    completed = False
+    try:
+        kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="compare")
+        rows = _compare(out, kind, base, list(specs), explicit, reporter, plots)
+        completed = True
+        return rows
+    finally:
+        release_run_dir(out, completed=completed)
+
+
+def _compare(
+    out: Path,
+    kind: str,
+    base: TrainConfig,
+    specs: list[str],
+    explicit: Collection[str] | None,
+    reporter: Reporter,
+    plots: bool,
+) -> list[dict[str, Any]]:
+    """:func:`run_compare` in the folder ``out`` it claimed."""
+    specs = specs or list(DEFAULT_CONFIGS)
     if kind == "resume":
         saved = read_json(out / "config.json")
         if saved.get("command") != "compare":
@@ -277,6 +297,11 @@ def run_compare(
     for index, cfg in enumerate(configs, start=1):
         folder = _folder_name(cfg.label, taken)
         run_dir = out / folder
+        if run_dir.is_symlink():
+            raise UsageError(
+                f"'{run_dir}' is a symbolic link; regtorch never reads or writes a run's files through "
+                "links: remove it, or start the comparison again with --overwrite"
+            )
         penalty = build_penalty(cfg)
         what = "no penalty" if penalty is None else f"{penalty!r}, {cfg.mode} mode"
         reporter.line(f"[{index}/{len(configs)}] {cfg.label}: {what}")

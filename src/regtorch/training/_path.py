@@ -37,6 +37,7 @@ from regtorch.training._rundir import (
     read_json,
     write_run_config,
 )
+from regtorch.training._runlock import release_run_dir
 from regtorch.training._session import build_session, load_data
 
 __all__ = ["PATH_COLUMNS", "estimate_max_strength", "format_path_table", "run_path", "strengths"]
@@ -240,7 +241,28 @@ def run_path(
     """
     reporter = reporter or Reporter()
     out = Path(out_dir) if out_dir is not None else default_out_dir("path")
-    kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="path")
+    completed = False
+    try:
+        kind = check_out_dir(out, resume=resume, overwrite=overwrite, command="path")
+        rows = _path(out, kind, base, steps, max_strength, min_strength, explicit, reporter, plots)
+        completed = True
+        return rows
+    finally:
+        release_run_dir(out, completed=completed)
+
+
+def _path(
+    out: Path,
+    kind: str,
+    base: TrainConfig,
+    steps: int,
+    max_strength: float | None,
+    min_strength: float | None,
+    explicit: Collection[str] | None,
+    reporter: Reporter,
+    plots: bool,
+) -> list[dict[str, Any]]:
+    """:func:`run_path` in the folder ``out`` it claimed."""
     state = None
     if kind == "resume":
         saved = read_json(out / "config.json")
