@@ -5,6 +5,7 @@ the old run until the new one has a checkpoint, SIGTERM and Ctrl-C end with the 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shlex
@@ -369,3 +370,18 @@ def test_claims_are_counted_and_void_once_their_folder_is_gone(tmp_path):
     finally:
         release_run_dir(folder)
     assert folder.exists() and not (folder / LOCK_NAME).exists()
+
+
+def test_a_run_started_with_more_threads_than_this_machine_allows_resumes_with_fewer(cli, tmp_path):
+    assert cli("train", *FAST, "--epochs", "1", "--quiet", "--out", tmp_path).status == 0
+    config = read_json(tmp_path / "config.json")
+    config["config"]["threads"] = 4 * (os.cpu_count() or 1) + 4  # as if written on a larger machine
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    refused = cli("train", "--resume", "--epochs", "2", "--quiet", "--out", tmp_path)
+    assert refused.status == 2
+    assert re.search(rf"uses --threads {config['config']['threads']}, more than the \d+ this machine allows .*"
+                     r"resume it with --threads \d+", refused.err), refused.err  # fmt: skip
+    resumed = cli("train", "--resume", "--epochs", "2", "--threads", "1", "--quiet", "--out", tmp_path)
+    assert resumed.status == 0, resumed
+    assert read_json(tmp_path / "summary.json")["epochs"] == 2
+    assert read_json(tmp_path / "config.json")["config"]["threads"] == 1

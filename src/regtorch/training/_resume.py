@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: Options a resumed run may change; any other must match the run's config.json.
-RESUME_MAY_CHANGE = frozenset({"epochs", "log_every", "data_dir", "download", "label"})
+RESUME_MAY_CHANGE = frozenset({"epochs", "log_every", "data_dir", "download", "label", "threads"})
 
 
 def saved_config(saved: Any, where: Path) -> TrainConfig:
@@ -45,9 +45,15 @@ def saved_config(saved: Any, where: Path) -> TrainConfig:
     """
     if not isinstance(saved, dict):
         raise UsageError(f"'{where}' holds no training configuration")
+    threads = saved.get("threads")
     try:
-        cfg = TrainConfig.from_dict(saved)
+        # The thread count is checked against this machine when the run resumes (resume_config):
+        # a run started on a larger machine stays valid here.
+        cfg = TrainConfig.from_dict({**saved, "threads": None})
         cfg.validate()
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"--threads must be an integer >= 1; got {threads!r}")
+        cfg = cfg.replace(threads=threads)
     except (UsageError, TypeError, ValueError) as exc:
         raise UsageError(
             f"'{where}' holds an invalid configuration ({exc}); it was damaged or edited: restore it "
@@ -77,7 +83,14 @@ def resume_config(
                 f"run's configuration in '{where}' ({getattr(saved, name)!r}); a resumed run keeps "
                 f"its configuration (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
             )
-    return saved.replace(**changes).resolved()
+    resumed = saved.replace(**changes)
+    cores = os.cpu_count() or 1
+    if resumed.threads is not None and resumed.threads > 4 * cores:
+        raise UsageError(
+            f"the run in '{where}' uses --threads {resumed.threads}, more than the {4 * cores} this machine "
+            f"allows (4 x its {cores} CPU cores); resume it with --threads {cores}"
+        )
+    return resumed.resolved()
 
 
 def _count(state: dict[str, Any], key: str, low: int = 0) -> int:
