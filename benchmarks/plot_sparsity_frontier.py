@@ -3,7 +3,9 @@
 Reads the result lines committed under ``benchmarks/results/<benchmark>/<config>-seed<N>.json``
 (each the last stdout line of a final run, ``--val-fraction 0``) and draws one panel per
 benchmark: every seed as a small dot, the mean over seeds as a larger marker joined into a
-frontier, the published points as labelled stars and the target as a shaded region.
+frontier, the published points as labelled stars and the target as a shaded region. The test
+error of the dense network trained the same way (``benchmarks/results/baselines/<name>.json``,
+the same script with zero strengths and no pruning) is a dotted line where it exists.
 
 Usage:
     python benchmarks/plot_sparsity_frontier.py [--results benchmarks/results] [--out docs/images/sparsity_frontier.png]
@@ -30,6 +32,7 @@ PANELS = {
         "xlabel": "exact zeros (% of 266,200 weights)",
         "anchors": [("Han et al. 2015", 92.0, 1.59)],
         "target": ("zeros", 95.0, 1.64),
+        "baseline": ("dense_lenet300", "dense LeNet-300-100, same training"),
     },
     "sparsity_lenet5": {
         "title": "LeNet-5, unstructured",
@@ -41,6 +44,7 @@ PANELS = {
             ("earlier quick try", 98.3, 1.04),
         ],
         "target": ("zeros", 95.0, 0.80),
+        "baseline": ("dense_lenet5", "dense LeNet-5, same training"),
     },
     "structured_lenet300": {
         "title": "LeNet-300-100 shrunk to a dense network",
@@ -55,6 +59,7 @@ PANELS = {
             ("earlier quick try", 9507, 2.34),
         ],
         "target": ("weights", 26642, 1.70),
+        "baseline": ("dense_lenet300", "dense LeNet-300-100 (unstructured recipe)"),
     },
 }
 
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     runs = load_results(args.results)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6.0))
     for ax, (bench, panel) in zip(axes, PANELS.items(), strict=True):
         key = panel["x"]
         means = []
@@ -130,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
             below = label.startswith("L0")  # L0 and RigL+ sit close together: one label above, one below
             ax.annotate(label, (ax_x, ax_y), textcoords="offset points", xytext=(4, -11 if below else 5),
                         fontsize=7, color="tab:red", ha="left" if "SBP" not in label else "right")  # fmt: skip
+        name, what = panel["baseline"]
+        baseline = args.results / "baselines" / f"{name}.json"
+        if baseline.is_file():
+            dense = 100 * json.loads(baseline.read_text())["test_error"]
+            ax.axhline(dense, color="gray", linestyle=":", label=f"{what} ({dense:.2f}%)")
         kind, tx, ty = panel["target"]
         if kind == "zeros":
             ax.fill_between([tx, 100], 0, ty, color="tab:green", alpha=0.15, label="target")
@@ -139,12 +149,14 @@ def main(argv: list[str] | None = None) -> None:
             ax.fill_between([1000, tx], 0, ty, color="tab:green", alpha=0.15, label="target")
             ax.set_xlim(min([5000.0] + [m[0] * 0.8 for m in means]), 60000)
         ys_all = [m[1] for m in means] + [a[2] for a in panel["anchors"]]
+        if baseline.is_file():
+            ys_all.append(dense)
         ax.set_ylim(min(ys_all) * 0.85, max(ys_all) * 1.08)
         ax.set_title(panel["title"])
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel("final test error (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.suptitle("MNIST sparsity frontier: regtorch recipes (exported models) and published points", fontsize=11)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
