@@ -15,10 +15,10 @@ The recipe (every setting is a flag, see ``--help``):
    the columns of the first layer are the input pixels, those of the second and third the h1 and h2
    units (a unit whose outgoing weights are all zero is removable). The strengths ramp up after a
    warm-up.
-2. Clean-up in ``--stages`` rounds: the columns with the smallest norms are set to zero until each
-   layer keeps the round's count (from what the group lasso left down to ``--keep``, the same share
-   fewer each round), and
-   :func:`regtorch.freeze_zeros` keeps them zero during ``--stage-epochs`` of masked fine-tuning.
+2. Clean-up in ``--stages`` rounds: ``regtorch.freeze_zeros(..., groups="columns", fraction=...)``
+   sets the columns with the smallest norms to zero until each layer keeps the round's count (from
+   what the group lasso left down to ``--keep``, the same share fewer each round) and keeps them
+   zero during ``--stage-epochs`` of masked fine-tuning.
 3. ``regtorch.shrink(model, remove_inputs=True)`` removes the dead units and puts an index selection
    of the pixels still read in front of the first Linear (outputs unchanged). The result is a small
    dense network.
@@ -55,28 +55,26 @@ def column_norms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().norm(dim=0)
 
 
-def zero_smallest_columns(weight: torch.Tensor, keep: int) -> None:
-    """Set every column of ``weight`` but the ``keep`` with the largest norms to exactly zero."""
-    norms = column_norms(weight)
-    alive = int((norms > 0).sum())
-    if keep >= alive:
-        return
-    drop = norms.argsort()[: weight.shape[1] - keep]
-    with torch.no_grad():
-        weight[:, drop] = 0.0
+def clean_up(model: nn.Sequential, optimizer: torch.optim.Optimizer, counts: list[int]) -> list[Any]:
+    """Keep ``counts`` (pixels, h1, h2) columns and freeze the rest at zero.
 
-
-def clean_up(model: nn.Sequential, counts: list[int]) -> None:
-    """Keep ``counts`` (pixels, h1, h2) columns: from the last layer back, zero the smallest columns,
-    then the incoming rows of the units whose outgoing column is now zero (they are dead), so that
-    the pixel norms are taken over live units only."""
-    weights = [model.get_parameter(n) for n in LAYERS]
+    From the last layer back: ``freeze_zeros(..., groups="columns", fraction=...)`` zeroes the
+    columns with the smallest norms, then the incoming rows of the units that just lost their
+    outgoing column are zeroed (they are dead), so that the next layer's column norms are taken
+    over live units only. Returns the :class:`regtorch.FrozenZeros` of the three layers.
+    """
+    frozen = []
     for layer in (2, 1, 0):
-        zero_smallest_columns(weights[layer], counts[layer])
+        weight = model.get_parameter(LAYERS[layer])
+        share = (weight.shape[1] - counts[layer]) / weight.shape[1]
+        frozen.append(
+            regtorch.freeze_zeros(model, optimizer, params=LAYERS[layer], fraction=share, groups="columns")
+        )
         if layer > 0:
-            dead = column_norms(weights[layer]) == 0
+            dead = column_norms(weight) == 0
             with torch.no_grad():
-                weights[layer - 1][dead] = 0.0
+                model.get_parameter(LAYERS[layer - 1])[dead] = 0.0
+    return frozen
 
 
 def alive_columns(model: nn.Sequential) -> list[int]:
@@ -138,11 +136,11 @@ def run(setup: recipe_common.Setup) -> dict[str, Any]:
     targets = [min(k, r) if k > 0 else r for k, r in zip(args.keep, reached, strict=True)]
     for stage in range(args.stages):
         counts = [round(r * (t / r) ** ((stage + 1) / args.stages)) for r, t in zip(reached, targets, strict=True)]
-        clean_up(model, counts)
         optimizer = sgd(model, args.finetune_lr, args.momentum, args.weight_decay)
-        frozen = regtorch.freeze_zeros(model, optimizer, params=list(LAYERS))
+        frozen = clean_up(model, optimizer, counts)
         setup.train(model, optimizer, args.finetune_lr, args.stage_epochs, f"round {stage + 1} masked")
-        frozen.remove()
+        for layer in frozen:
+            layer.remove()
         record(f"clean-up {stage + 1}/{args.stages}", model, alive=alive_columns(model))
     setup.timings["clean_up"] = round(time.perf_counter() - t0, 2)
 

@@ -163,3 +163,59 @@ def test_fraction_outside_the_unit_interval_is_refused(fraction: float) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"'fraction' argument of freeze_zeros must be a finite float in \[0, 1\]"):
         freeze_zeros(model, optimizer, fraction=fraction)
+
+
+def test_fraction_with_groups_zeroes_the_weakest_columns_and_filters() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    with torch.no_grad():
+        model[3].weight[:, 5] = 0  # an all-zero column counts among the weakest
+    conv, fc = model[0].weight.detach().clone(), model[3].weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    columns = freeze_zeros(model, optimizer, params="3.weight", fraction=0.25, groups="columns")
+    filters = freeze_zeros(model, optimizer, params="0.weight", fraction=0.5, groups="filters")
+    weakest_columns = fc.norm(dim=0).argsort()[: round(0.25 * 128)]
+    assert 5 in weakest_columns.tolist()
+    zero_columns = (model[3].weight == 0).all(0).nonzero().flatten()
+    assert sorted(zero_columns.tolist()) == sorted(weakest_columns.tolist())
+    weakest_filters = conv.flatten(1).norm(dim=1).argsort()[:4]
+    zero_filters = (model[0].weight == 0).flatten(1).all(1).nonzero().flatten()
+    assert sorted(zero_filters.tolist()) == sorted(weakest_filters.tolist())
+    assert columns.frozen == 32 * 10 and filters.frozen == 4 * 27
+    kept = [i for i in range(128) if i not in weakest_columns.tolist()]
+    torch.testing.assert_close(model[3].weight.detach()[:, kept], fc[:, kept])
+    x = torch.randn(4, 3, 6, 6)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+    assert (model[3].weight[:, weakest_columns] == 0).all() and (model[0].weight[weakest_filters] == 0).all()
+
+
+def test_fraction_with_explicit_groups() -> None:
+    model = nn.Sequential(nn.Linear(5, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0, 0.1, 0.1, 3.0], [1.0, 1.0, 0.1, 0.1, 3.0]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freeze_zeros(model, optimizer, fraction=1 / 3, groups=[[0, 1], [2, 3], [4]])
+    assert model[0].weight.tolist() == [[1.0, 1.0, 0.0, 0.0, 3.0], [1.0, 1.0, 0.0, 0.0, 3.0]]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"groups": "columns"}, ValueError, r"'groups' argument of freeze_zeros goes with 'fraction'"),
+        ({"groups": "coupled", "fraction": 0.5}, ValueError, r"'groups' argument of freeze_zeros cannot be"),
+        ({"groups": "bogus", "fraction": 0.5}, ValueError, r"'groups' argument of freeze_zeros must be one of"),
+        ({"groups": 1.5, "fraction": 0.5}, TypeError, r"'groups' argument of freeze_zeros must be one of"),
+        ({"groups": "filters", "fraction": 0.5}, ValueError,
+         r"'groups' argument of freeze_zeros does not fit a selected parameter: .*'0\.weight' has shape"),
+    ],
+)
+def test_bad_groups_are_refused_before_anything_changes(options, error, message) -> None:
+    model = pruned_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(error, match=message):
+        freeze_zeros(model, optimizer, **options)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

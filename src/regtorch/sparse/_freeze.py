@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from regtorch._validation import Interval, check_real
+from regtorch.penalties._group_lasso import GroupLasso, GroupSpec
 from regtorch.regularizer._selection import Selection, select_parameters
 
 __all__ = ["FrozenZeros", "freeze_zeros"]
@@ -85,14 +86,47 @@ class FrozenZeros:
         )
 
 
-def _zero_mask(weight: torch.Tensor, atol: float, fraction: float | None) -> torch.Tensor:
-    """True where ``|w| <= atol`` or among the ``round(fraction · n)`` smallest ``|w|``."""
+def _grouper(groups: GroupSpec | None, fraction: float | None) -> GroupLasso | None:
+    """The grouping of ``freeze_zeros(..., groups=...)`` (a unit-strength GroupLasso), checked."""
+    if groups is None:
+        return None
+    if fraction is None:
+        raise ValueError(
+            "The 'groups' argument of freeze_zeros goes with 'fraction' (the share of groups to zero); "
+            f"got groups={groups!r} without a fraction."
+        )
+    if isinstance(groups, str) and groups == "coupled":
+        raise ValueError(
+            "The 'groups' argument of freeze_zeros cannot be 'coupled' (coupled groups come from tracing "
+            "a model); got 'coupled'. Use rows, columns, filters, channels, a dimension or index groups."
+        )
+    try:
+        return GroupLasso(1.0, groups=groups)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("argument of GroupLasso", "argument of freeze_zeros")) from None
+
+
+def _zero_mask(
+    weight: torch.Tensor, atol: float, fraction: float | None, grouper: GroupLasso | None
+) -> torch.Tensor:
+    """True where ``|w| <= atol`` or in the ``round(fraction · n)`` smallest entries (or groups)."""
     magnitude = weight.abs()
     mask = magnitude <= atol
-    count = 0 if fraction is None else round(fraction * weight.numel())
+    if fraction is None:
+        return mask
+    if grouper is None:
+        count = round(fraction * weight.numel())
+        if count > 0:
+            smallest = magnitude.flatten().topk(count, largest=False, sorted=False).indices
+            mask.view(-1)[smallest] = True
+        return mask
+    (sumsq,) = grouper.grouping.sumsq([weight], "reference")
+    count = round(fraction * sumsq.numel())
     if count > 0:
-        smallest = magnitude.flatten().topk(count, largest=False, sorted=False).indices
-        mask.view(-1)[smallest] = True
+        keep = torch.ones(sumsq.numel(), dtype=weight.dtype, device=weight.device)
+        keep[sumsq.reshape(-1).topk(count, largest=False, sorted=False).indices] = 0
+        (kept,) = grouper.grouping.scaled([torch.ones_like(weight)], [keep.reshape(sumsq.shape)])
+        mask |= kept == 0
     return mask
 
 
@@ -110,6 +144,7 @@ def freeze_zeros(
     *,
     atol: float = 0.0,
     fraction: float | None = None,
+    groups: GroupSpec | None = None,
 ) -> FrozenZeros:
     """Keep the current zeros of the selected parameters at exactly zero during training.
 
@@ -119,6 +154,9 @@ def freeze_zeros(
     each selected tensor of ``n`` entries, the ``k = round(fraction · n)`` entries of smallest
     ``|w|`` (entries already zero come first) are set to ``0`` and frozen together with every
     entry ``|w| <= atol``, so a tensor ends with ``max(k, its current zeros)`` frozen entries.
+    With ``groups`` as well it is structured pruning: of the ``G`` groups of each tensor (rows,
+    columns, filters... as :class:`~regtorch.GroupLasso` groups them), the ``round(fraction · G)``
+    with the smallest ``‖w_g‖₂`` (all-zero groups come first) are set to zero and frozen.
     Two hooks keep them:
 
     * a gradient hook on each selected parameter (``param.register_hook``) zeroes the gradient
@@ -140,6 +178,10 @@ def freeze_zeros(
         atol: Entries with ``|w| <= atol`` count as zero.
         fraction: If given, a float in ``[0, 1]``: also zero and freeze the ``round(fraction · n)``
             smallest-magnitude entries of each selected tensor (ties broken arbitrarily).
+        groups: With ``fraction``: prune whole groups instead of entries. Any ``groups`` of
+            :class:`~regtorch.GroupLasso` but ``"coupled"``: ``"rows"`` (a Linear's output
+            neurons), ``"columns"`` (its input features), ``"filters"``, ``"channels"``, an int
+            dimension, ``"tensor"`` or explicit index groups.
 
     Returns:
         A :class:`FrozenZeros` with ``masks``, ``frozen_fraction`` and ``remove()``; it is also a
@@ -149,7 +191,9 @@ def freeze_zeros(
         TypeError: If ``model`` is not a module, ``optimizer`` not a ``torch.optim.Optimizer``,
             or ``params`` of an unknown kind.
         ValueError: If ``atol`` is negative or not finite, ``fraction`` is outside ``[0, 1]``,
-            ``params`` selects nothing, or the optimizer updates none of the selected parameters.
+            ``groups`` is given without ``fraction``, is ``"coupled"`` or does not fit a selected
+            parameter, ``params`` selects nothing, or the optimizer updates none of the selected
+            parameters.
 
     Examples:
         >>> frozen = freeze_zeros(model, optimizer)  # doctest: +SKIP
@@ -157,6 +201,7 @@ def freeze_zeros(
         ...     optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
         >>> frozen.remove()  # doctest: +SKIP
         >>> freeze_zeros(model, optimizer, params="fc1.weight", fraction=0.9)  # doctest: +SKIP
+        >>> freeze_zeros(model, optimizer, "fc2.weight", fraction=0.5, groups="columns")  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -171,6 +216,7 @@ def freeze_zeros(
     atol = check_real("freeze_zeros", "atol", atol, Interval(low=0))
     if fraction is not None:
         fraction = check_real("freeze_zeros", "fraction", fraction, Interval(low=0, high=1))
+    grouper = _grouper(groups, fraction)
     named = select_parameters(model, params, owner="freeze_zeros", argument="params")
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not any(id(param) in optimized for _, param in named):
@@ -178,10 +224,20 @@ def freeze_zeros(
             "The 'optimizer' argument of freeze_zeros must update the selected parameters; got "
             f"an optimizer that updates none of {[name for name, _ in named][:6]}."
         )
+    if grouper is not None:
+        for name, param in named:
+            try:
+                grouper.check_tensor(name, param)
+            except ValueError as exc:
+                reason = str(exc).split(". Leave it out")[0]
+                raise ValueError(
+                    f"The 'groups' argument of freeze_zeros does not fit a selected parameter: {reason}. "
+                    "Choose the parameters it fits with 'params'."
+                ) from None
     masks = {}
     with torch.no_grad():
         for name, param in named:
-            mask = _zero_mask(param.detach(), atol, fraction)
+            mask = _zero_mask(param.detach(), atol, fraction, grouper)
             masks[name] = mask
             param.masked_fill_(mask, 0.0)
             for key, value in optimizer.state.get(param, {}).items():
