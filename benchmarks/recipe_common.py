@@ -13,10 +13,12 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,8 @@ from mnist_tools import (
     train_epochs,
 )
 from torch import nn
+
+import regtorch
 
 Builder = Callable[[nn.Module], nn.Module]
 
@@ -167,9 +171,22 @@ def finish(setup: Setup, measured: dict[str, Any], extra: dict[str, Any], target
     return result
 
 
+def source_version() -> str | None:
+    """``git describe --always --dirty`` of the checkout the benchmark runs from, if it is one."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch version and the 1/5/15-minute load averages at the end of the run
-    (a load above the threads used means other work shared the cores)."""
+    """CPU model, cores, torch and regtorch versions (with the checkout's commit) and the
+    1/5/15-minute load averages at the end of the run (a load above the threads used means other
+    work shared the cores)."""
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -177,7 +194,15 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "load_average": load}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "regtorch": regtorch.__version__,
+        "regtorch_source": source_version(),
+        "regtorch_path": str(Path(regtorch.__file__).parent),
+        "load_average": load,
+    }
 
 
 def print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
