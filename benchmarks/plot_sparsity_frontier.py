@@ -82,12 +82,15 @@ def markdown_table(bench: str, configs: dict[str, list[dict]]) -> str:
     """One row per configuration: size, the test error of each seed, their mean, the runtime."""
     structured = PANELS[bench]["x"] == "weights"
     head = "| config | architecture | weights | " if structured else "| config | exact zeros | nonzero weights | "
-    lines = [head + "test error per seed | mean | runtime per seed (threads) |", "|---|---|---|---|---|---|"]
+    lines = [head + "test error per seed | mean | runtime per seed (threads; 5-minute load) |", "|---|---|---|---|---|---|"]
     for config, results in sorted(configs.items(), key=lambda kv: kv[1][0]["weights"] - kv[1][0]["zeros"]):
         results = sorted(results, key=lambda r: r["settings"]["seed"])
         errors = ", ".join(f"{100 * r['test_error']:.2f}% (seed {r['settings']['seed']})" for r in results)
         mean = statistics.mean(100 * r["test_error"] for r in results)
-        times = ", ".join(f"{r['timings_s']['total']:.0f} s ({r['torch_threads']})" for r in results)
+        times = ", ".join(
+            f"{r['timings_s']['total']:.0f} s ({r['torch_threads']}; load {r['machine']['load_average'][1]:.1f})"
+            for r in results
+        )
         sizes = {(tuple(r.get("architecture", ())), r["weights"], r["zeros"]) for r in results}
         if structured:
             size = "; ".join(f"{'-'.join(map(str, a))} | {w:,}" for a, w, _ in sorted(sizes))
