@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import regtorch
 from regtorch.training._config import parse_layer_l1
@@ -104,22 +105,23 @@ def penalty_names() -> list[str]:
     return [name.lower() for name in regtorch.list_penalties()]
 
 
+def _checked_text(text: str, parse: Callable[[str], object], prefix: str) -> str:
+    """Run ``parse(text)`` for its checks; keep the text itself (config.json holds it)."""
+    try:
+        parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(prefix)) from None
+    return text
+
+
 def penalty_spec(text: str) -> str:
     """``--penalty``: checked against the registry, kept as text (config.json holds it)."""
-    try:
-        parse_spec(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--penalty: ")) from None
-    return text
+    return _checked_text(text, parse_spec, "--penalty: ")
 
 
 def layer_l1(text: str) -> str:
     """``--layer-l1``: checked by :func:`parse_layer_l1`, kept as text (config.json holds it)."""
-    try:
-        parse_layer_l1(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--layer-l1 ")) from None
-    return text
+    return _checked_text(text, parse_layer_l1, "--layer-l1 ")
 
 
 def at_least_one(text: str) -> float:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,7 +65,7 @@ def prox_factors(norms: torch.Tensor, tau: float, weights: torch.Tensor | None) 
 
 
 # ----------------------------------------------------------------------------- groupings
-class Grouping:
+class Grouping(ABC):
     """How the entries of a list of tensors fall into groups (subclasses below).
 
     ``sumsq`` returns one float64 tensor of squared group norms per *holder* (a tensor for
@@ -76,24 +77,30 @@ class Grouping:
     """Whether each tensor holds its own groups (so a list's groups are the tensors' groups)."""
 
     def check(self, name: str, tensor: torch.Tensor) -> None:
-        """Raise ``ValueError`` if ``tensor`` (parameter ``name``) cannot be grouped this way."""
+        """Raise ``ValueError`` if ``tensor`` (parameter ``name``) cannot be grouped this way
+        (every tensor fits unless a subclass says otherwise)."""
+        return None
 
+    @abstractmethod
     def sumsq(self, tensors: Sequence[torch.Tensor], impl: Impl) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def scale_(self, tensors: Sequence[torch.Tensor], factors: Sequence[torch.Tensor], impl: Impl) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
     def scaled(self, tensors: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out = [w.clone() for w in tensors]
         self.scale_(out, factors, "reference")
         return out
 
+    @abstractmethod
     def sizes(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def describe(self) -> object:
-        raise NotImplementedError
+        """See the class docstring."""
 
 
 def _sumsq_along(w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
